@@ -1,0 +1,75 @@
+// Backend: the model's forward pass over one packed batch of sequence chunks, each reading and
+// writing its own fixed-size state slot. The CPU backend is the exact fp32 reference; the CUDA
+// backend implements the same contract. Backends are not thread-safe: only the engine thread
+// (or a single test thread) may call them.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/model_config.h"
+
+namespace bms {
+
+enum class LogitsMode : uint8_t {
+  kNone,  // no logits for this chunk (a prefill chunk that does not end the prompt)
+  kLast,  // one row: the logits after the chunk's last token
+  kAll,   // n_tokens rows: the logits after every token (tests, echo with logprobs)
+};
+
+// One sequence's share of a step.
+struct SeqChunk {
+  int slot = 0;             // state slot read and written (0 .. num_slots()-1, or padding_slot())
+  int token_offset = 0;     // index of the chunk's first token in StepInput::tokens
+  int n_tokens = 0;         // >= 1
+  bool first_chunk = true;  // state starts from zeros; the slot's old contents are ignored
+  LogitsMode logits = LogitsMode::kLast;
+};
+
+struct StepInput {
+  std::span<const int32_t> tokens;  // [total tokens], chunks packed back to back
+  std::span<const SeqChunk> seqs;
+};
+
+enum class StateDType { kF32, kBF16 };
+
+struct BackendOptions {
+  int num_slots = 64;                     // usable state slots; one more is reserved for padding
+  StateDType state_dtype = StateDType::kF32;
+  int num_threads = 0;                    // CPU backend: 0 = hardware concurrency
+  bool fp32_compute = false;              // CUDA backend: fp32 weights/activations (exactness)
+  double gpu_memory_fraction = 0.9;       // CUDA backend: cap for weights + state pool
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string name() const = 0;
+  virtual const ModelConfig& config() const = 0;
+  virtual int num_slots() const = 0;
+  int padding_slot() const { return num_slots(); }
+  // Bytes of state one slot holds (conv windows + SSM states of every Mamba layer).
+  virtual size_t state_bytes_per_slot() const = 0;
+
+  // Runs every chunk of `input` (prefill chunks and single-token decodes mixed). On success
+  // writes the requested logits to `logits` as fp32 rows of vocab_size, in chunk order
+  // (kLast: 1 row, kAll: n_tokens rows, kNone: none), and leaves each chunk's slot holding the
+  // state after its last token. Invalid slots/tokens give InvalidArgument before any state
+  // changes.
+  virtual absl::Status Forward(const StepInput& input, std::vector<float>* logits) = 0;
+
+  // Copies slot src's whole state into slot dst (forking a prompt for n > 1).
+  virtual absl::Status CopyState(int src_slot, int dst_slot) = 0;
+
+  // Test hook: the slot's state as fp32, per Mamba layer in order:
+  // conv [d_inner, d_conv - 1] (the last d_conv-1 inputs, oldest first) then ssm [d_inner, d_state].
+  virtual absl::StatusOr<std::vector<float>> ReadState(int slot) = 0;
+};
+
+}  // namespace bms

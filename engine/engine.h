@@ -1,0 +1,71 @@
+// Engine: the single thread that owns the backend and every state slot, and the thread-safe
+// surface frontends use to reach it (Submit, Cancel, counters). Continuous batching: each step
+// gives every running request one decode token and spends the rest of the token budget on
+// prefill chunks (DESIGN.md §2).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "engine/event_channel.h"
+#include "engine/request.h"
+
+namespace bms {
+
+struct EngineOptions {
+  int max_num_batched_tokens = 2048;   // token budget per step (decode + prefill chunks)
+  int max_queued_requests = 1024;      // waiting-queue bound; beyond it Submit fails at once
+  int max_prompt_tokens = 131072;      // longer prompts are InvalidArgument
+  int max_tokens_limit = 131072;       // upper bound for SamplingParams::max_tokens
+  int max_n = 16;                      // upper bound for GenerateRequest::n
+  int eos_token_id = 0;                // <|endoftext|>
+  std::string fault_injection;         // test-only: "step-fail:N" fails every Nth backend step
+};
+
+// Snapshot of the engine's counters (cheap, lock-free reads).
+struct EngineStats {
+  int64_t running = 0;
+  int64_t waiting = 0;
+  int64_t slots_total = 0;
+  int64_t slots_used = 0;
+  int64_t prompt_tokens_total = 0;
+  int64_t generation_tokens_total = 0;
+  int64_t steps_total = 0;
+  double last_step_seconds = 0;
+  double backend_seconds_total = 0;     // time inside Backend::Forward
+  double step_seconds_total = 0;        // whole engine steps (schedule + forward + sample + update)
+  size_t state_bytes_per_slot = 0;
+  bool ready = false;
+};
+
+class Engine {
+ public:
+  // Takes ownership of the backend. The engine thread starts in Start().
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<Backend> backend,
+                                                        EngineOptions options);
+  virtual ~Engine() = default;
+
+  // Starts the engine thread, runs one warm-up step, then reports ready.
+  virtual absl::Status Start() = 0;
+  // Cancels everything still live (finish reason abort) and joins the engine thread.
+  virtual void Stop() = 0;
+
+  // Thread-safe. Validates the request and queues it; on success the returned channel receives
+  // its events. InvalidArgument (named field) for bad parameters, ResourceExhausted when the
+  // waiting queue is full, Unavailable when the engine is stopped or not accepting.
+  virtual absl::StatusOr<std::shared_ptr<EventChannel>> Submit(GenerateRequest request) = 0;
+  // Thread-safe. Cancels a live request (finish reason abort within the next step).
+  // NotFound when no live request has this id.
+  virtual absl::Status Cancel(const std::string& request_id) = 0;
+
+  virtual EngineStats Stats() const = 0;
+  virtual const ModelConfig& config() const = 0;
+  virtual const EngineOptions& options() const = 0;
+};
+
+}  // namespace bms

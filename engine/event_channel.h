@@ -1,0 +1,44 @@
+// EventChannel: the one-way, thread-safe pipe from the engine thread to the frontend that owns
+// one request. The engine pushes; the frontend pops (blocking or not) or registers a notifier
+// that the engine calls after each push (so asynchronous frontends can post a drain task to
+// their own executor instead of parking a thread). Closing the consumer side (Abandon) tells
+// the engine nobody is listening, and the engine cancels the request.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <chrono>
+
+#include "engine/request.h"
+
+namespace bms {
+
+class EventChannel {
+ public:
+  // Engine side. Never blocks on the consumer.
+  void Push(GenerationEvent ev);
+
+  // Consumer side. Pop waits up to `timeout` for an event; nullopt on timeout.
+  std::optional<GenerationEvent> Pop(std::chrono::milliseconds timeout);
+  std::optional<GenerationEvent> TryPop();
+  std::deque<GenerationEvent> DrainAll();
+  // Called (on the engine thread, without the channel's lock) after each Push. Must be cheap
+  // and must not call back into the engine synchronously.
+  void SetNotifier(std::function<void()> notify);
+  // The consumer is gone: the engine cancels the request at its next step.
+  void Abandon();
+  bool abandoned() const;
+  size_t pending() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<GenerationEvent> events_;
+  std::function<void()> notify_;
+  bool abandoned_ = false;
+};
+
+}  // namespace bms
