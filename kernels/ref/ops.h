@@ -61,7 +61,7 @@ struct AddNormParams {
   const float* weight = nullptr;  // [d_model]
   const float* bias = nullptr;    // [d_model] LayerNorm only; null = no bias
   float eps = 1e-5f;
-  float* out = nullptr;           // [n_tokens, d_model]; may alias neither h nor residual
+  float* out = nullptr;  // [n_tokens, d_model]; may alias neither h nor residual
   ThreadPool* pool = nullptr;
 };
 absl::Status AddRmsNorm(const AddNormParams& p);
@@ -71,10 +71,10 @@ absl::Status AddLayerNorm(const AddNormParams& p);
 // Linear: y[m, n] = x[m, k] @ w[n, k]^T (+ bias[n]), through cblas_sgemm. Row strides in
 // elements (0 = contiguous). y must not overlap x or w.
 struct LinearParams {
-  int m = 0;  // rows (tokens)
-  int n = 0;  // output features
-  int k = 0;  // input features
-  const float* x = nullptr;     // [m, k], row stride x_stride
+  int m = 0;                 // rows (tokens)
+  int n = 0;                 // output features
+  int k = 0;                 // input features
+  const float* x = nullptr;  // [m, k], row stride x_stride
   int64_t x_stride = 0;
   const float* w = nullptr;     // [n, k] contiguous (PyTorch Linear layout)
   const float* bias = nullptr;  // [n] or null
@@ -95,20 +95,20 @@ struct CausalConv1dParams {
   int batch = 0;  // sequences
   int d_inner = 0;
   int d_conv = 0;
-  int n_slots = 0;                           // slots in conv_state (incl. padding)
-  const int32_t* cu_seqlens = nullptr;       // [batch + 1], cu_seqlens[0] == 0, non-decreasing
-  const int32_t* slots = nullptr;            // [batch]
+  int n_slots = 0;                             // slots in conv_state (incl. padding)
+  const int32_t* cu_seqlens = nullptr;         // [batch + 1], cu_seqlens[0] == 0, non-decreasing
+  const int32_t* slots = nullptr;              // [batch]
   const uint8_t* has_initial_state = nullptr;  // [batch]; null = all zeros
-  const float* x = nullptr;                  // [total_tokens, d_inner], row stride x_stride
+  const float* x = nullptr;                    // [total_tokens, d_inner], row stride x_stride
   int64_t x_stride = 0;
-  const float* weight = nullptr;             // [d_inner, d_conv] (conv1d.weight [d_inner,1,w])
-  const float* bias = nullptr;               // [d_inner] or null
+  const float* weight = nullptr;  // [d_inner, d_conv] (conv1d.weight [d_inner,1,w])
+  const float* bias = nullptr;    // [d_inner] or null
   bool silu = true;
-  float* out = nullptr;                      // [total_tokens, d_inner], row stride out_stride
+  float* out = nullptr;  // [total_tokens, d_inner], row stride out_stride
   int64_t out_stride = 0;
-  void* conv_state = nullptr;                // [n_slots, d_inner, d_conv-1] of conv_state_dtype
+  void* conv_state = nullptr;  // [n_slots, d_inner, d_conv-1] of conv_state_dtype
   StateStorage conv_state_dtype = StateStorage::kF32;
-  int64_t conv_state_slot_stride = 0;        // elements; 0 = d_inner * (d_conv - 1)
+  int64_t conv_state_slot_stride = 0;  // elements; 0 = d_inner * (d_conv - 1)
   ThreadPool* pool = nullptr;
 };
 absl::Status CausalConv1dVarlen(const CausalConv1dParams& p);
@@ -123,12 +123,12 @@ struct CausalConv1dUpdateParams {
   const int32_t* slots = nullptr;  // [batch], distinct
   const float* x = nullptr;        // [batch, d_inner], row stride x_stride
   int64_t x_stride = 0;
-  const float* weight = nullptr;   // [d_inner, d_conv]
-  const float* bias = nullptr;     // [d_inner] or null
+  const float* weight = nullptr;  // [d_inner, d_conv]
+  const float* bias = nullptr;    // [d_inner] or null
   bool silu = true;
-  float* out = nullptr;            // [batch, d_inner], row stride out_stride
+  float* out = nullptr;  // [batch, d_inner], row stride out_stride
   int64_t out_stride = 0;
-  void* conv_state = nullptr;      // [n_slots, d_inner, d_conv-1]
+  void* conv_state = nullptr;  // [n_slots, d_inner, d_conv-1]
   StateStorage conv_state_dtype = StateStorage::kF32;
   int64_t conv_state_slot_stride = 0;
   ThreadPool* pool = nullptr;
@@ -151,23 +151,23 @@ struct SelectiveScanParams {
   const int32_t* cu_seqlens = nullptr;         // [batch + 1]
   const int32_t* slots = nullptr;              // [batch], distinct
   const uint8_t* has_initial_state = nullptr;  // [batch]; null = all zeros
-  const float* u = nullptr;      // [total, d_inner] conv output (xc), row stride u_stride
+  const float* u = nullptr;  // [total, d_inner] conv output (xc), row stride u_stride
   int64_t u_stride = 0;
   const float* delta = nullptr;  // [total, d_inner] dt_proj(dt_low) WITHOUT its bias
   int64_t delta_stride = 0;
   const float* delta_bias = nullptr;  // [d_inner] dt_proj.bias, or null
   bool delta_softplus = true;
-  const float* A = nullptr;      // [d_inner, d_state] = -exp(A_log)
-  const float* B = nullptr;      // [total, d_state], row stride B_stride
+  const float* A = nullptr;  // [d_inner, d_state] = -exp(A_log)
+  const float* B = nullptr;  // [total, d_state], row stride B_stride
   int64_t B_stride = 0;
-  const float* C = nullptr;      // [total, d_state], row stride C_stride
+  const float* C = nullptr;  // [total, d_state], row stride C_stride
   int64_t C_stride = 0;
-  const float* D = nullptr;      // [d_inner] or null
-  const float* z = nullptr;      // [total, d_inner] gate, row stride z_stride; or null
+  const float* D = nullptr;  // [d_inner] or null
+  const float* z = nullptr;  // [total, d_inner] gate, row stride z_stride; or null
   int64_t z_stride = 0;
-  float* out = nullptr;          // [total, d_inner], row stride out_stride; may alias u
+  float* out = nullptr;  // [total, d_inner], row stride out_stride; may alias u
   int64_t out_stride = 0;
-  void* ssm_state = nullptr;     // [n_slots, d_inner, d_state]
+  void* ssm_state = nullptr;  // [n_slots, d_inner, d_state]
   StateStorage ssm_state_dtype = StateStorage::kF32;
   int64_t ssm_state_slot_stride = 0;  // elements; 0 = d_inner * d_state
   ThreadPool* pool = nullptr;
@@ -184,21 +184,21 @@ struct SelectiveStateUpdateParams {
   const int32_t* slots = nullptr;  // [batch], distinct
   const float* u = nullptr;        // [batch, d_inner]
   int64_t u_stride = 0;
-  const float* delta = nullptr;    // [batch, d_inner]
+  const float* delta = nullptr;  // [batch, d_inner]
   int64_t delta_stride = 0;
   const float* delta_bias = nullptr;
   bool delta_softplus = true;
-  const float* A = nullptr;        // [d_inner, d_state]
-  const float* B = nullptr;        // [batch, d_state]
+  const float* A = nullptr;  // [d_inner, d_state]
+  const float* B = nullptr;  // [batch, d_state]
   int64_t B_stride = 0;
-  const float* C = nullptr;        // [batch, d_state]
+  const float* C = nullptr;  // [batch, d_state]
   int64_t C_stride = 0;
-  const float* D = nullptr;        // [d_inner] or null
-  const float* z = nullptr;        // [batch, d_inner] or null
+  const float* D = nullptr;  // [d_inner] or null
+  const float* z = nullptr;  // [batch, d_inner] or null
   int64_t z_stride = 0;
-  float* out = nullptr;            // [batch, d_inner]
+  float* out = nullptr;  // [batch, d_inner]
   int64_t out_stride = 0;
-  void* ssm_state = nullptr;       // [n_slots, d_inner, d_state]
+  void* ssm_state = nullptr;  // [n_slots, d_inner, d_state]
   StateStorage ssm_state_dtype = StateStorage::kF32;
   int64_t ssm_state_slot_stride = 0;
   ThreadPool* pool = nullptr;
@@ -227,9 +227,9 @@ absl::Status Router(const RouterParams& p);
 struct MoeGroupParams {
   int n_tokens = 0;
   int n_experts = 0;
-  const int32_t* expert = nullptr;   // [n_tokens], each in [0, n_experts)
-  int32_t* expert_offsets = nullptr; // [n_experts + 1] out
-  int32_t* permutation = nullptr;    // [n_tokens] out
+  const int32_t* expert = nullptr;    // [n_tokens], each in [0, n_experts)
+  int32_t* expert_offsets = nullptr;  // [n_experts + 1] out
+  int32_t* permutation = nullptr;     // [n_tokens] out
 };
 absl::Status MoeGroup(const MoeGroupParams& p);
 
@@ -252,15 +252,15 @@ struct MoeExpertsParams {
   int n_tokens = 0;
   int n_experts = 0;
   MlpShape shape;
-  const float* x = nullptr;               // [n_tokens, d_model] in token order
+  const float* x = nullptr;                 // [n_tokens, d_model] in token order
   const int32_t* expert_offsets = nullptr;  // [n_experts + 1]
   const int32_t* permutation = nullptr;     // [n_tokens]
-  const float* scale = nullptr;           // [n_tokens] or null
-  const float* fc1 = nullptr;             // [n_experts, fc1_rows, d_model]
-  const float* fc1_bias = nullptr;        // [n_experts, fc1_rows] or null
-  const float* fc2 = nullptr;             // [n_experts, d_model, f]
-  const float* fc2_bias = nullptr;        // [n_experts, d_model] or null
-  float* out = nullptr;                   // [n_tokens, d_model] in token order
+  const float* scale = nullptr;             // [n_tokens] or null
+  const float* fc1 = nullptr;               // [n_experts, fc1_rows, d_model]
+  const float* fc1_bias = nullptr;          // [n_experts, fc1_rows] or null
+  const float* fc2 = nullptr;               // [n_experts, d_model, f]
+  const float* fc2_bias = nullptr;          // [n_experts, d_model] or null
+  float* out = nullptr;                     // [n_tokens, d_model] in token order
   ThreadPool* pool = nullptr;
 };
 absl::Status MoeExperts(const MoeExpertsParams& p);
@@ -281,10 +281,10 @@ absl::Status Mlp(const MlpParams& p);
 
 // ---------------------------------------------------------------------------------------------
 // Scalar helpers shared by the ops and their tests.
-float Softplus(float x);        // log1p(exp(x)); x for x > 20
-float Silu(float x);            // x / (1 + exp(-x))
-float GeluErf(float x);         // 0.5 x (1 + erf(x / sqrt(2)))
-float Bf16RoundTrip(float x);   // x rounded to bf16 (nearest-even) and back
+float Softplus(float x);       // log1p(exp(x)); x for x > 20
+float Silu(float x);           // x / (1 + exp(-x))
+float GeluErf(float x);        // 0.5 x (1 + erf(x / sqrt(2)))
+float Bf16RoundTrip(float x);  // x rounded to bf16 (nearest-even) and back
 float LoadState(const void* base, StateStorage dtype, int64_t i);
 void StoreState(void* base, StateStorage dtype, int64_t i, float v);
 
