@@ -70,6 +70,14 @@ class Backend {
   // Test hook: the slot's state as fp32, per Mamba layer in order:
   // conv [d_inner, d_conv - 1] (the last d_conv-1 inputs, oldest first) then ssm [d_inner, d_state].
   virtual absl::StatusOr<std::vector<float>> ReadState(int slot) = 0;
+
+  // Tokens routed to each expert since the backend was created (warm-up included), per MoE
+  // layer in model order: [num_moe_layers][n_experts]. Empty when the backend does not count.
+  // May synchronize with the device: the engine calls it at most every few hundred ms (metrics).
+  virtual std::vector<std::vector<int64_t>> ExpertTokenCounts() { return {}; }
+  // Bytes the backend holds for weights, the state pool and scratch (device memory for CUDA);
+  // 0 when unknown. Unlike the rest of the interface, safe to call from any thread.
+  virtual size_t memory_bytes_in_use() const { return 0; }
 };
 
 }  // namespace bms

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/backend.h"
+#include "engine/engine_observer.h"
 #include "engine/event_channel.h"
 #include "engine/request.h"
 
@@ -25,6 +26,7 @@ struct EngineOptions {
   int max_n = 16;                      // upper bound for GenerateRequest::n
   int eos_token_id = 0;                // <|endoftext|>
   std::string fault_injection;         // test-only: "step-fail:N" fails every Nth backend step
+  std::shared_ptr<EngineObserver> observer;  // optional hooks (metrics); null = none
 };
 
 // Snapshot of the engine's counters (cheap, lock-free reads).
@@ -40,6 +42,7 @@ struct EngineStats {
   double backend_seconds_total = 0;     // time inside Backend::Forward
   double step_seconds_total = 0;        // whole engine steps (schedule + forward + sample + update)
   size_t state_bytes_per_slot = 0;
+  size_t backend_memory_bytes = 0;      // Backend::memory_bytes_in_use()
   bool ready = false;
 };
 
