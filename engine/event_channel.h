@@ -26,9 +26,11 @@ class EventChannel {
   std::optional<GenerationEvent> TryPop();
   std::deque<GenerationEvent> DrainAll();
   // Called (on the engine thread, without the channel's lock) after each Push. Must be cheap
-  // and must not call back into the engine synchronously.
+  // and must not call back into the engine synchronously. If events are already pending when
+  // it is set, it is also called once right away, on the calling thread.
   void SetNotifier(std::function<void()> notify);
-  // The consumer is gone: the engine cancels the request at its next step.
+  // The consumer is gone: the engine cancels the request at its next step. Pending and later
+  // events are dropped.
   void Abandon();
   bool abandoned() const;
   size_t pending() const;

@@ -1,0 +1,370 @@
+// The Engine implementation: one thread that drains the submit queue, runs
+// Schedule -> Forward -> sample -> Update, and publishes events (engine/engine.h).
+#include "engine/engine.h"
+
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "engine/sampler.h"
+#include "engine/scheduler.h"
+
+namespace bms {
+namespace {
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// "" -> 0 (off); "step-fail:N" -> N >= 1.
+absl::StatusOr<int> ParseFaultInjection(const std::string& spec) {
+  if (spec.empty()) return 0;
+  absl::string_view rest = spec;
+  int n = 0;
+  if (!absl::ConsumePrefix(&rest, "step-fail:") || !absl::SimpleAtoi(rest, &n) || n < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fault_injection must be \"step-fail:N\" with N >= 1, got \"", spec, "\""));
+  }
+  return n;
+}
+
+absl::Status ValidateOptions(const EngineOptions& o, const ModelConfig& config) {
+  auto bad = [](auto... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
+  if (o.max_num_batched_tokens < 1) return bad("max_num_batched_tokens must be >= 1");
+  if (o.max_queued_requests < 1) return bad("max_queued_requests must be >= 1");
+  if (o.max_prompt_tokens < 1) return bad("max_prompt_tokens must be >= 1");
+  if (o.max_tokens_limit < 1) return bad("max_tokens_limit must be >= 1");
+  if (o.max_n < 1) return bad("max_n must be >= 1");
+  if (o.eos_token_id < -1 || o.eos_token_id >= config.vocab_size) {
+    return bad("eos_token_id must be -1 (none) or in [0, ", config.vocab_size, ")");
+  }
+  return absl::OkStatus();
+}
+
+class EngineImpl final : public Engine {
+ public:
+  EngineImpl(std::unique_ptr<Backend> backend, EngineOptions options, int fail_every)
+      : backend_(std::move(backend)),
+        options_(std::move(options)),
+        fail_every_(fail_every),
+        scheduler_(SchedulerOptions{.num_slots = backend_->num_slots(),
+                                    .max_num_batched_tokens = options_.max_num_batched_tokens,
+                                    .eos_token_id = options_.eos_token_id}),
+        seed_gen_(std::random_device{}()) {
+    slots_total_ = backend_->num_slots();
+  }
+  ~EngineImpl() override { Stop(); }
+
+  absl::Status Start() override;
+  void Stop() override;
+  absl::StatusOr<std::shared_ptr<EventChannel>> Submit(GenerateRequest request) override;
+  absl::Status Cancel(const std::string& request_id) override;
+  EngineStats Stats() const override;
+  const ModelConfig& config() const override { return backend_->config(); }
+  const EngineOptions& options() const override { return options_; }
+
+ private:
+  enum class RunState { kCreated, kStarting, kRunning, kStopping, kStopped };
+
+  absl::Status ValidateRequest(const GenerateRequest& r) const;
+  absl::Status WarmUp();
+  void Loop();
+  void RunStep();
+  StepResult Execute(const StepPlan& plan);
+  void Publish(UpdateOutput* out);
+
+  // Immutable after construction.
+  const std::unique_ptr<Backend> backend_;
+  const EngineOptions options_;
+  const int fail_every_;
+
+  // Engine thread only.
+  Scheduler scheduler_;
+  int64_t forward_calls_ = 0;
+  std::vector<float> logits_;
+  std::vector<float> scratch_;
+
+  // Shared, guarded by mu_.
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  RunState state_ = RunState::kCreated;
+  bool stop_requested_ = false;
+  std::deque<std::unique_ptr<RequestState>> submitted_;
+  std::vector<std::string> cancels_;
+  absl::flat_hash_set<std::string> live_ids_;
+  uint64_t next_auto_id_ = 1;
+  std::mt19937_64 seed_gen_;
+
+  std::mutex stop_mu_;  // serializes Start/Stop
+  std::thread thread_;
+
+  // Lock-free counters (written by the engine thread, read anywhere).
+  std::atomic<int64_t> running_{0}, sched_waiting_{0}, submitted_count_{0}, slots_total_{0},
+      slots_used_{0}, prompt_tokens_{0}, generation_tokens_{0}, steps_{0};
+  std::atomic<double> last_step_seconds_{0}, backend_seconds_{0}, step_seconds_{0};
+  std::atomic<bool> ready_{false};
+};
+
+absl::Status EngineImpl::ValidateRequest(const GenerateRequest& r) const {
+  const int vocab = backend_->config().vocab_size;
+  if (r.prompt_ids.empty()) return absl::InvalidArgumentError("prompt must have at least 1 token");
+  if (static_cast<int64_t>(r.prompt_ids.size()) > options_.max_prompt_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt has ", r.prompt_ids.size(),
+                                                   " tokens, more than max_prompt_tokens (",
+                                                   options_.max_prompt_tokens, ")"));
+  }
+  for (int32_t t : r.prompt_ids) {
+    if (t < 0 || t >= vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt token id ", t, " must be in [0, ", vocab, ")"));
+    }
+  }
+  const int max_n = std::min(options_.max_n, backend_->num_slots());
+  if (r.n < 1 || r.n > max_n) {
+    return absl::InvalidArgumentError(absl::StrCat("n must be in [1, ", max_n, "]"));
+  }
+  return ValidateSamplingParams(r.sampling, vocab, options_.max_tokens_limit);
+}
+
+absl::Status EngineImpl::Start() {
+  std::lock_guard<std::mutex> stop_lock(stop_mu_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (state_ != RunState::kCreated) {
+      return absl::FailedPreconditionError("engine was already started");
+    }
+    state_ = RunState::kStarting;
+  }
+  auto warm = std::make_shared<std::promise<absl::Status>>();
+  std::future<absl::Status> warm_done = warm->get_future();
+  thread_ = std::thread([this, warm] {
+    absl::Status s = WarmUp();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      state_ = s.ok() ? RunState::kRunning : RunState::kStopped;
+    }
+    if (s.ok()) ready_.store(true);
+    warm->set_value(s);
+    if (s.ok()) Loop();
+  });
+  absl::Status s = warm_done.get();
+  if (!s.ok()) {
+    thread_.join();
+    return absl::Status(s.code(), absl::StrCat("engine warm-up step failed: ", s.message()));
+  }
+  return absl::OkStatus();
+}
+
+void EngineImpl::Stop() {
+  std::lock_guard<std::mutex> stop_lock(stop_mu_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (state_ == RunState::kCreated) state_ = RunState::kStopped;
+    if (state_ == RunState::kRunning) state_ = RunState::kStopping;
+    stop_requested_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  ready_.store(false);
+  std::lock_guard<std::mutex> lock(mu_);
+  state_ = RunState::kStopped;
+}
+
+absl::Status EngineImpl::WarmUp() {
+  // One token through the padding slot: exercises every layer without touching a real slot.
+  const int32_t token = 0;
+  SeqChunk chunk{.slot = backend_->padding_slot(),
+                 .token_offset = 0,
+                 .n_tokens = 1,
+                 .first_chunk = true,
+                 .logits = LogitsMode::kLast};
+  return backend_->Forward(
+      StepInput{std::span<const int32_t>(&token, 1), std::span<const SeqChunk>(&chunk, 1)},
+      &logits_);
+}
+
+absl::StatusOr<std::shared_ptr<EventChannel>> EngineImpl::Submit(GenerateRequest request) {
+  if (absl::Status s = ValidateRequest(request); !s.ok()) return s;
+  auto r = std::make_unique<RequestState>();
+  r->channel = std::make_shared<EventChannel>();
+  r->arrival_time = Clock::now();
+  std::shared_ptr<EventChannel> channel = r->channel;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (state_ != RunState::kRunning) {
+      return absl::UnavailableError("the engine is not running (starting up or shutting down)");
+    }
+    if (static_cast<int64_t>(submitted_.size()) + sched_waiting_.load() >=
+        options_.max_queued_requests) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "too many waiting requests (max_queued_requests = ", options_.max_queued_requests,
+          "); retry later"));
+    }
+    if (request.request_id.empty()) {
+      do {
+        request.request_id = absl::StrCat("req-", next_auto_id_++);
+      } while (live_ids_.contains(request.request_id));
+    } else if (live_ids_.contains(request.request_id)) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("request_id '", request.request_id, "' is already in use"));
+    }
+    r->seed = request.sampling.seed.has_value() ? *request.sampling.seed : seed_gen_();
+    r->request = std::move(request);
+    live_ids_.insert(r->request.request_id);
+    submitted_.push_back(std::move(r));
+    submitted_count_.store(static_cast<int64_t>(submitted_.size()));
+  }
+  cv_.notify_all();
+  return channel;
+}
+
+absl::Status EngineImpl::Cancel(const std::string& request_id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!live_ids_.contains(request_id)) {
+      return absl::NotFoundError(absl::StrCat("no live request with id '", request_id, "'"));
+    }
+    cancels_.push_back(request_id);
+  }
+  cv_.notify_all();
+  return absl::OkStatus();
+}
+
+EngineStats EngineImpl::Stats() const {
+  EngineStats s;
+  s.running = running_.load();
+  s.waiting = sched_waiting_.load() + submitted_count_.load();
+  s.slots_total = slots_total_.load();
+  s.slots_used = slots_used_.load();
+  s.prompt_tokens_total = prompt_tokens_.load();
+  s.generation_tokens_total = generation_tokens_.load();
+  s.steps_total = steps_.load();
+  s.last_step_seconds = last_step_seconds_.load();
+  s.backend_seconds_total = backend_seconds_.load();
+  s.step_seconds_total = step_seconds_.load();
+  s.state_bytes_per_slot = backend_->state_bytes_per_slot();
+  s.ready = ready_.load();
+  return s;
+}
+
+void EngineImpl::Loop() {
+  while (true) {
+    bool stopping = false;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!scheduler_.HasWork()) {
+        cv_.wait(lock,
+                 [this] { return stop_requested_ || !submitted_.empty() || !cancels_.empty(); });
+      }
+      while (!submitted_.empty()) {
+        scheduler_.Add(std::move(submitted_.front()));
+        submitted_.pop_front();
+      }
+      for (const std::string& id : cancels_) scheduler_.RequestCancel(id);
+      cancels_.clear();
+      sched_waiting_.store(scheduler_.num_waiting());
+      submitted_count_.store(0);
+      stopping = stop_requested_;
+    }
+    if (stopping) scheduler_.CancelAll();
+    scheduler_.PollAbandoned();
+    RunStep();
+    if (stopping && !scheduler_.HasWork()) break;
+  }
+}
+
+void EngineImpl::RunStep() {
+  const Clock::time_point start = Clock::now();
+  StepPlan plan = scheduler_.Schedule(start);
+  sched_waiting_.store(scheduler_.num_waiting());
+  StepResult result;
+  if (!plan.empty()) result = Execute(plan);
+  UpdateOutput out = scheduler_.Update(plan, result, Clock::now());
+  Publish(&out);
+  running_.store(scheduler_.num_running());
+  sched_waiting_.store(scheduler_.num_waiting());
+  slots_used_.store(scheduler_.slots().num_used());
+  prompt_tokens_.fetch_add(out.prompt_tokens);
+  generation_tokens_.fetch_add(out.generated_tokens);
+  if (!plan.empty()) {
+    const double step = Seconds(Clock::now() - start);
+    steps_.fetch_add(1);
+    last_step_seconds_.store(step);
+    step_seconds_.store(step_seconds_.load() + step);  // single writer
+  }
+}
+
+StepResult EngineImpl::Execute(const StepPlan& plan) {
+  StepResult result;
+  ++forward_calls_;
+  const Clock::time_point t0 = Clock::now();
+  if (fail_every_ > 0 && forward_calls_ % fail_every_ == 0) {
+    result.status = absl::InternalError(absl::StrCat(
+        "injected fault: backend step ", forward_calls_, " failed (step-fail:", fail_every_, ")"));
+  } else {
+    result.status = backend_->Forward(plan.Input(), &logits_);
+  }
+  backend_seconds_.store(backend_seconds_.load() + Seconds(Clock::now() - t0));
+  if (!result.status.ok()) return result;
+
+  const size_t vocab = static_cast<size_t>(backend_->config().vocab_size);
+  result.seq_status.assign(plan.seqs.size(), absl::OkStatus());
+  result.sampled.resize(plan.seqs.size());
+  size_t row = 0;
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    const PlannedSeq& seq = plan.seqs[i];
+    if (seq.chunk.logits == LogitsMode::kNone) continue;
+    if ((row + 1) * vocab > logits_.size()) {
+      result.seq_status[i] = absl::InternalError("backend returned fewer logits rows than asked");
+      continue;
+    }
+    std::span<const float> logits(logits_.data() + row * vocab, vocab);
+    ++row;
+    for (int dst : seq.fork_to) {
+      absl::Status s = backend_->CopyState(seq.chunk.slot, dst);
+      if (!s.ok()) {
+        result.seq_status[i] = s;
+        break;
+      }
+    }
+    if (!result.seq_status[i].ok()) continue;
+    for (int c : seq.sample_choices) {
+      result.sampled[i].push_back(
+          SampleToken(logits, scheduler_.ContextFor(*seq.request, c), &scratch_));
+    }
+  }
+  return result;
+}
+
+void EngineImpl::Publish(UpdateOutput* out) {
+  if (!out->finished_ids.empty()) {
+    // Forget the ids first, so a client that sees the final event may reuse its id at once.
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const std::string& id : out->finished_ids) live_ids_.erase(id);
+  }
+  for (OutgoingEvent& e : out->events) {
+    if (e.channel != nullptr) e.channel->Push(std::move(e.event));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Backend> backend,
+                                                       EngineOptions options) {
+  if (backend == nullptr) return absl::InvalidArgumentError("backend must not be null");
+  if (backend->num_slots() < 1) return absl::InvalidArgumentError("backend has no state slots");
+  if (absl::Status s = ValidateOptions(options, backend->config()); !s.ok()) return s;
+  absl::StatusOr<int> fail_every = ParseFaultInjection(options.fault_injection);
+  if (!fail_every.ok()) return fail_every.status();
+  return std::unique_ptr<Engine>(
+      new EngineImpl(std::move(backend), std::move(options), *fail_every));
+}
+
+}  // namespace bms

@@ -1,0 +1,249 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+#include <cassert>
+
+namespace bms {
+
+Scheduler::Scheduler(const SchedulerOptions& options)
+    : options_(options), slots_(options.num_slots) {}
+
+void Scheduler::Add(std::unique_ptr<RequestState> r) {
+  r->serial = next_serial_++;
+  const int n = std::max(r->request.n, 1);
+  r->choices.clear();
+  for (int c = 0; c < n; ++c) r->choices.push_back(ChoiceState{.index = c});
+  r->unfinished = n;
+  by_id_[r->request.request_id] = r.get();
+  Key key = KeyOf(*r);
+  waiting_.emplace(key, std::move(r));
+}
+
+bool Scheduler::RequestCancel(const std::string& request_id) {
+  auto it = by_id_.find(request_id);
+  if (it == by_id_.end()) return false;
+  it->second->cancel_requested = true;
+  return true;
+}
+
+void Scheduler::PollAbandoned() {
+  for (auto& [id, r] : by_id_) {
+    if (!r->cancel_requested && r->channel != nullptr && r->channel->abandoned()) {
+      r->cancel_requested = true;
+    }
+  }
+}
+
+void Scheduler::CancelAll() {
+  for (auto& [id, r] : by_id_) r->cancel_requested = true;
+}
+
+SampleContext Scheduler::ContextFor(const RequestState& r, int choice) const {
+  const ChoiceState& c = r.choices[choice];
+  SampleContext ctx;
+  ctx.params = &r.request.sampling;
+  ctx.counts = &c.counts;
+  ctx.num_generated = static_cast<int>(c.generated.size());
+  ctx.eos_token_id = options_.eos_token_id;
+  ctx.seed = r.seed;
+  ctx.choice = choice;
+  return ctx;
+}
+
+void Scheduler::AddPromptChunk(RequestState* r, int budget, StepPlan* plan) {
+  const int n_tokens = std::min(r->prompt_len() - r->prefilled, budget);
+  const bool last = r->prefilled + n_tokens == r->prompt_len();
+  PlannedSeq seq;
+  seq.request = r;
+  seq.choice = -1;
+  seq.chunk.slot = r->choices[0].slot;
+  seq.chunk.token_offset = static_cast<int>(plan->tokens.size());
+  seq.chunk.n_tokens = n_tokens;
+  seq.chunk.first_chunk = r->prefilled == 0;
+  seq.chunk.logits = last ? LogitsMode::kLast : LogitsMode::kNone;
+  if (last) {
+    for (size_t c = 0; c < r->choices.size(); ++c) {
+      if (c > 0) seq.fork_to.push_back(r->choices[c].slot);
+      seq.sample_choices.push_back(static_cast<int>(c));
+    }
+  }
+  plan->tokens.insert(plan->tokens.end(), r->request.prompt_ids.begin() + r->prefilled,
+                      r->request.prompt_ids.begin() + r->prefilled + n_tokens);
+  plan->chunks.push_back(seq.chunk);
+  plan->seqs.push_back(std::move(seq));
+  plan->num_prefill_tokens += n_tokens;
+}
+
+StepPlan Scheduler::Schedule(Clock::time_point now) {
+  StepPlan plan;
+  int budget = options_.max_num_batched_tokens;
+  // 1. One decode token for every unfinished choice of a fully prefilled request.
+  for (auto& [key, r] : running_) {
+    if (budget == 0) break;
+    if (r->cancel_requested || !r->prefill_done()) continue;
+    for (ChoiceState& c : r->choices) {
+      if (c.finish != FinishReason::kNone || budget == 0) continue;
+      PlannedSeq seq;
+      seq.request = r.get();
+      seq.choice = c.index;
+      seq.chunk.slot = c.slot;
+      seq.chunk.token_offset = static_cast<int>(plan.tokens.size());
+      seq.chunk.n_tokens = 1;
+      seq.chunk.first_chunk = false;
+      seq.chunk.logits = LogitsMode::kLast;
+      seq.sample_choices = {c.index};
+      plan.tokens.push_back(c.generated.back());
+      plan.chunks.push_back(seq.chunk);
+      plan.seqs.push_back(std::move(seq));
+      ++plan.num_decode_tokens;
+      --budget;
+    }
+  }
+  // 2. Continue prompts already admitted.
+  for (auto& [key, r] : running_) {
+    if (budget == 0) break;
+    if (r->cancel_requested || r->prefill_done()) continue;
+    AddPromptChunk(r.get(), budget, &plan);
+    budget -= plan.seqs.back().chunk.n_tokens;
+  }
+  // 3. Admit waiting requests in order while slots and budget last.
+  for (auto it = waiting_.begin(); it != waiting_.end() && budget > 0;) {
+    RequestState* r = it->second.get();
+    if (r->cancel_requested) {  // finished by the next Update
+      ++it;
+      continue;
+    }
+    const int n = static_cast<int>(r->choices.size());
+    if (slots_.num_free() < n) break;
+    std::vector<int> slots = slots_.Acquire(n);
+    for (int c = 0; c < n; ++c) r->choices[c].slot = slots[c];
+    r->admitted = true;
+    r->first_scheduled_time = now;
+    auto node = waiting_.extract(it++);
+    running_.insert(std::move(node));
+    AddPromptChunk(r, budget, &plan);
+    budget -= plan.seqs.back().chunk.n_tokens;
+  }
+  return plan;
+}
+
+GenerationEvent Scheduler::NewEvent(const RequestState& r, const ChoiceState& c,
+                                    Clock::time_point now) const {
+  GenerationEvent ev;
+  ev.choice = c.index;
+  ev.prompt_tokens = r.prompt_len();
+  ev.completion_tokens = static_cast<int>(c.generated.size());
+  ev.arrival_time = r.arrival_time;
+  ev.first_scheduled_time = r.first_scheduled_time;
+  ev.first_token_time = r.first_token_time;
+  ev.event_time = now;
+  return ev;
+}
+
+void Scheduler::FinishChoice(RequestState* r, ChoiceState* c, FinishReason reason,
+                             int32_t stop_token, const absl::Status& error, Clock::time_point now,
+                             GenerationEvent* ev) {
+  c->finish = reason;
+  if (c->slot >= 0) {
+    bool released = slots_.Release(c->slot);
+    assert(released && "slot released twice");
+    (void)released;
+    c->slot = -1;
+  }
+  --r->unfinished;
+  ev->finish = reason;
+  ev->stop_token = stop_token;
+  ev->error = error;
+  ev->event_time = now;
+}
+
+void Scheduler::FinishAll(RequestState* r, FinishReason reason, const absl::Status& error,
+                          Clock::time_point now, UpdateOutput* out) {
+  // A request aborted before admission still holds no slot; one being prefilled holds all n.
+  for (ChoiceState& c : r->choices) {
+    if (c.finish != FinishReason::kNone) continue;
+    GenerationEvent ev = NewEvent(*r, c, now);
+    FinishChoice(r, &c, reason, -1, error, now, &ev);
+    out->events.push_back({r->channel, std::move(ev)});
+  }
+}
+
+void Scheduler::AppendToken(RequestState* r, int choice, const SampledToken& s,
+                            Clock::time_point now, UpdateOutput* out) {
+  ChoiceState& c = r->choices[choice];
+  const SamplingParams& p = r->request.sampling;
+  const int before = static_cast<int>(c.generated.size());
+  c.generated.push_back(s.token);
+  ++c.counts[s.token];
+  ++out->generated_tokens;
+  if (r->first_token_time == Clock::time_point{}) r->first_token_time = now;
+  GenerationEvent ev = NewEvent(*r, c, now);
+  const bool is_stop_id = (s.token == options_.eos_token_id && !p.ignore_eos) ||
+                          std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), s.token) !=
+                              p.stop_token_ids.end();
+  if (is_stop_id && before >= p.min_tokens) {
+    // The stop token is reported in stop_token, not in token_ids.
+    FinishChoice(r, &c, FinishReason::kStop, s.token, absl::OkStatus(), now, &ev);
+  } else {
+    ev.token_ids.push_back(s.token);
+    if (p.logprobs >= 0) ev.logprobs.push_back(s.logprob);
+    if (static_cast<int>(c.generated.size()) >= p.max_tokens) {
+      FinishChoice(r, &c, FinishReason::kLength, -1, absl::OkStatus(), now, &ev);
+    }
+  }
+  out->events.push_back({r->channel, std::move(ev)});
+}
+
+UpdateOutput Scheduler::Update(const StepPlan& plan, const StepResult& result,
+                               Clock::time_point now) {
+  UpdateOutput out;
+  std::vector<RequestState*> touched;
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    const PlannedSeq& seq = plan.seqs[i];
+    RequestState* r = seq.request;
+    touched.push_back(r);
+    if (r->unfinished == 0) continue;
+    if (!result.status.ok()) {
+      FinishAll(r, FinishReason::kError, result.status, now, &out);
+      continue;
+    }
+    if (i < result.seq_status.size() && !result.seq_status[i].ok()) {
+      FinishAll(r, FinishReason::kError, result.seq_status[i], now, &out);
+      continue;
+    }
+    const std::vector<SampledToken>* sampled =
+        i < result.sampled.size() ? &result.sampled[i] : nullptr;
+    if (sampled == nullptr || sampled->size() != seq.sample_choices.size()) {
+      FinishAll(r, FinishReason::kError,
+                absl::InternalError("engine: missing sampled tokens for a scheduled sequence"), now,
+                &out);
+      continue;
+    }
+    if (seq.choice < 0) {
+      r->prefilled += seq.chunk.n_tokens;
+      out.prompt_tokens += seq.chunk.n_tokens;
+    }
+    for (size_t j = 0; j < seq.sample_choices.size(); ++j) {
+      AppendToken(r, seq.sample_choices[j], (*sampled)[j], now, &out);
+    }
+  }
+  // Cancellations (explicit, abandoned channels, shutdown) take effect now.
+  for (auto& [id, r] : by_id_) {
+    if (r->cancel_requested && r->unfinished > 0) {
+      FinishAll(r, FinishReason::kAbort, absl::OkStatus(), now, &out);
+      touched.push_back(r);
+    }
+  }
+  std::sort(touched.begin(), touched.end());
+  touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
+  for (RequestState* r : touched) {
+    if (r->unfinished > 0) continue;
+    by_id_.erase(r->request.request_id);
+    out.finished_ids.push_back(r->request.request_id);
+    Queue& q = r->admitted ? running_ : waiting_;
+    q.erase(KeyOf(*r));  // destroys r
+  }
+  return out;
+}
+
+}  // namespace bms

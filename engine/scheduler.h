@@ -1,0 +1,158 @@
+// Scheduler: the engine's request bookkeeping, testable without a backend. It owns every live
+// request (waiting or running), the state-slot pool, and the per-step token budget.
+//
+// One engine step is:  Schedule() -> StepPlan -> [backend Forward, CopyState forks, sampling by
+// the engine] -> Update(plan, result).  Schedule() only admits waiting requests (assigning their
+// slots) and decides who runs; Update() is the one place where a request's progress changes:
+// prompt tokens consumed, tokens appended, choices finished (stop, length, error, abort), slots
+// released, events produced. Cancellations are only flagged (RequestCancel, PollAbandoned) and
+// applied by the next Update().
+//
+// Policy: each step first gives every running, fully prefilled choice one decode token, then
+// spends the rest of max_num_batched_tokens on prompt chunks: requests already partly prefilled
+// first, then newly admitted ones. Order everywhere is (priority ascending, arrival ascending).
+// A waiting request is admitted only when n free slots exist (all its choices' slots are taken
+// at once); admission is strictly in order (no skipping ahead of a head that does not fit).
+// A prompt is prefilled in slot of choice 0; when its last chunk runs, the plan asks the engine
+// to copy that state into the other choices' slots (fork for n > 1).
+//
+// Not thread-safe: only the engine thread (or one test thread) may call it.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "engine/backend.h"
+#include "engine/event_channel.h"
+#include "engine/request.h"
+#include "engine/sampler.h"
+#include "engine/slot_pool.h"
+
+namespace bms {
+
+struct ChoiceState {
+  int index = 0;
+  int slot = -1;                   // -1 until admitted, and again once finished
+  std::vector<int32_t> generated;  // every sampled token, including a final stop token
+  TokenCounts counts;              // generated token -> count (penalties)
+  FinishReason finish = FinishReason::kNone;
+};
+
+struct RequestState {
+  uint64_t serial = 0;  // arrival order (assigned by Add)
+  GenerateRequest request;
+  std::shared_ptr<EventChannel> channel;
+  uint64_t seed = 0;  // request.sampling.seed or a random one
+  int prefilled = 0;  // prompt tokens already in the slot's state
+  bool admitted = false;
+  bool cancel_requested = false;
+  int unfinished = 0;                // choices not finished yet
+  std::vector<ChoiceState> choices;  // [n]
+  Clock::time_point arrival_time{}, first_scheduled_time{}, first_token_time{};
+
+  int prompt_len() const { return static_cast<int>(request.prompt_ids.size()); }
+  bool prefill_done() const { return prefilled == prompt_len(); }
+};
+
+// One sequence chunk of a step: a prompt chunk (choice == -1) or one choice's decode token.
+struct PlannedSeq {
+  RequestState* request = nullptr;  // owned by the scheduler; valid until Update()
+  int choice = -1;
+  SeqChunk chunk;
+  std::vector<int> fork_to;  // prompt's last chunk with n > 1: slots of choices 1..n-1
+  // Choices to sample after the forward (in order): all of them after the prompt's last chunk,
+  // the decoding choice for a decode, none for an intermediate prompt chunk.
+  std::vector<int> sample_choices;
+};
+
+struct StepPlan {
+  std::vector<int32_t> tokens;   // [total tokens], chunks back to back
+  std::vector<SeqChunk> chunks;  // parallel to seqs: the backend's view
+  std::vector<PlannedSeq> seqs;
+  int num_decode_tokens = 0;
+  int num_prefill_tokens = 0;
+  bool empty() const { return seqs.empty(); }
+  StepInput Input() const { return StepInput{tokens, chunks}; }
+};
+
+// What the engine did with a plan.
+struct StepResult {
+  absl::Status status;                             // not ok: the whole step failed
+  std::vector<absl::Status> seq_status;            // [seqs] or empty: per-sequence failure
+  std::vector<std::vector<SampledToken>> sampled;  // [seqs][sample_choices]
+};
+
+struct OutgoingEvent {
+  std::shared_ptr<EventChannel> channel;
+  GenerationEvent event;
+};
+
+struct UpdateOutput {
+  std::vector<OutgoingEvent> events;      // publish in order
+  std::vector<std::string> finished_ids;  // requests that are completely done
+  int64_t prompt_tokens = 0;              // prompt tokens consumed by this step
+  int64_t generated_tokens = 0;           // tokens sampled in this step
+};
+
+struct SchedulerOptions {
+  int num_slots = 1;
+  int max_num_batched_tokens = 2048;
+  int eos_token_id = 0;
+};
+
+class Scheduler {
+ public:
+  explicit Scheduler(const SchedulerOptions& options);
+
+  // Queues a validated request (request_id unique among live ones). Sets serial, unfinished,
+  // choices.
+  void Add(std::unique_ptr<RequestState> request);
+  // Flags a live request for abort at the next Update. False when the id is not live.
+  bool RequestCancel(const std::string& request_id);
+  // Flags every live request whose channel was abandoned.
+  void PollAbandoned();
+  // Flags everything (shutdown).
+  void CancelAll();
+
+  StepPlan Schedule(Clock::time_point now);
+  UpdateOutput Update(const StepPlan& plan, const StepResult& result, Clock::time_point now);
+
+  bool HasWork() const { return !waiting_.empty() || !running_.empty(); }
+  int num_waiting() const { return static_cast<int>(waiting_.size()); }
+  int num_running() const { return static_cast<int>(running_.size()); }
+  const SlotPool& slots() const { return slots_; }
+  const SchedulerOptions& options() const { return options_; }
+  // Sampling context of one choice (for the engine's sampler).
+  SampleContext ContextFor(const RequestState& r, int choice) const;
+
+ private:
+  using Key = std::pair<int, uint64_t>;  // (priority, serial)
+  using Queue = std::map<Key, std::unique_ptr<RequestState>>;
+  static Key KeyOf(const RequestState& r) { return {r.request.priority, r.serial}; }
+
+  void AddPromptChunk(RequestState* r, int budget, StepPlan* plan);
+  void AppendToken(RequestState* r, int choice, const SampledToken& s, Clock::time_point now,
+                   UpdateOutput* out);
+  // Finishes every unfinished choice of r with `reason` (an event each).
+  void FinishAll(RequestState* r, FinishReason reason, const absl::Status& error,
+                 Clock::time_point now, UpdateOutput* out);
+  void FinishChoice(RequestState* r, ChoiceState* c, FinishReason reason, int32_t stop_token,
+                    const absl::Status& error, Clock::time_point now, GenerationEvent* ev);
+  GenerationEvent NewEvent(const RequestState& r, const ChoiceState& c,
+                           Clock::time_point now) const;
+
+  SchedulerOptions options_;
+  SlotPool slots_;
+  uint64_t next_serial_ = 1;
+  Queue waiting_;
+  Queue running_;  // admitted (prefilling or decoding)
+  absl::flat_hash_map<std::string, RequestState*> by_id_;
+};
+
+}  // namespace bms
