@@ -67,6 +67,10 @@ struct ExpectedTensor {
 };
 std::vector<ExpectedTensor> ExpectedTensors(const ModelConfig& config);
 
+// Every problem of a tensor map against the config, one line each: missing tensors and wrong
+// shapes (name, expected, got). Empty when the map has everything BindWeights needs.
+std::vector<std::string> CheckTensors(const ModelConfig& config, const TensorMap& tensors);
+
 // Binds a flat tensor map to roles. Checks presence and shape of every expected tensor and
 // reports ALL problems at once (InvalidArgument listing tensor names). Extra tensors are ignored.
 absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& config, const TensorMap& tensors);
@@ -77,6 +81,15 @@ TensorMap FlattenWeights(const ModelWeights& weights);
 // Reads a model directory: config.json plus model.safetensors, sharded safetensors
 // (model.safetensors.index.json) or pytorch_model.bin. Safetensors are memory-mapped.
 absl::StatusOr<ModelWeights> LoadModel(const std::string& model_dir);
+
+// Reads only the checkpoint tensors of a model directory (no config.json, no binding): what
+// LoadModel binds. `format` (optional) receives "safetensors", "safetensors (sharded)" or "torch".
+absl::StatusOr<TensorMap> ReadCheckpointTensors(const std::string& model_dir,
+                                                std::string* format = nullptr);
+
+// One tensor of MakeRandomWeights (fp32), deterministic in (seed, spec.name) and independent of
+// the other tensors, so that writers can stream a large model tensor by tensor.
+HostTensor MakeRandomTensor(const ModelConfig& config, const ExpectedTensor& spec, uint64_t seed);
 
 // Random weights of the given config (deterministic in seed), scaled so greedy output varies:
 // what `make-model` writes and what `serve --demo` runs.
