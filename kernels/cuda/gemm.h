@@ -1,0 +1,52 @@
+// GemmRunner: dense projections y[m, n] = x[m, k] @ w[n, k]^T through cuBLASLt with fp32
+// accumulation (true fp32 math in fp32 mode: no TF32). The handle and workspace are created once;
+// the algorithm for each distinct shape is chosen once (heuristic) and cached. CUDA-free header.
+// Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <tuple>
+
+#include "absl/status/statusor.h"
+#include "kernels/cuda/ops.h"
+
+namespace bms::cuda {
+
+struct LinearParams {
+  int m = 0;
+  int n = 0;
+  int k = 0;
+  DType in_dtype = DType::kF32;   // of x and w
+  DType out_dtype = DType::kF32;  // of y: in_dtype or kF32
+  const void* x = nullptr;        // [m, k], row stride x_stride (0 = k)
+  int64_t x_stride = 0;
+  const void* w = nullptr;  // [n, k] contiguous
+  void* y = nullptr;        // [m, n], row stride y_stride (0 = n)
+  int64_t y_stride = 0;
+};
+
+class GemmRunner {
+ public:
+  static absl::StatusOr<std::unique_ptr<GemmRunner>> Create(size_t workspace_bytes = 32 << 20);
+  ~GemmRunner();
+  GemmRunner(const GemmRunner&) = delete;
+  GemmRunner& operator=(const GemmRunner&) = delete;
+
+  // Enqueues the product on `stream`. m == 0 is a no-op.
+  absl::Status Linear(const LinearParams& p, Stream stream);
+
+ private:
+  struct Plan;
+  using Key = std::tuple<int, int, int, int64_t, int64_t, int, int, int>;
+  GemmRunner() = default;
+  absl::StatusOr<Plan*> GetPlan(const LinearParams& p, int alignment);
+
+  void* handle_ = nullptr;     // cublasLtHandle_t
+  void* workspace_ = nullptr;  // device
+  size_t workspace_bytes_ = 0;
+  std::map<Key, std::unique_ptr<Plan>> plans_;
+};
+
+}  // namespace bms::cuda

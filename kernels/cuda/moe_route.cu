@@ -1,0 +1,109 @@
+// MoE routing on the device (kernels/cuda/ops.h): router selection (bias, sigmoid, first-index
+// argmax, scale, routing counters) and the stable grouping by expert (counts, prefix sum,
+// permutation) in a single block, so no host sync is needed before the grouped GEMM.
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_util.cuh"
+
+namespace bms::cuda {
+namespace {
+
+constexpr int kMaxExperts = 64;
+constexpr int kRouterThreads = 256;
+constexpr int kGroupThreads = 1024;
+constexpr int kGroupWarps = kGroupThreads / 32;
+
+__global__ void __launch_bounds__(kRouterThreads) RouterSelectKernel(RouterSelectParams p) {
+  __shared__ int counts[kMaxExperts];
+  for (int e = threadIdx.x; e < p.n_experts; e += kRouterThreads) counts[e] = 0;
+  __syncthreads();
+  const int t = blockIdx.x * kRouterThreads + threadIdx.x;
+  if (t < p.n_tokens) {
+    const float* row = p.logits + static_cast<int64_t>(t) * p.n_experts;
+    int best = 0;
+    float best_p = -1.f;
+    for (int e = 0; e < p.n_experts; ++e) {
+      const float x = row[e] + (p.bias ? p.bias[e] : 0.f);
+      const float prob = 1.0f / (1.0f + expf(-x));
+      if (prob > best_p) {
+        best_p = prob;
+        best = e;
+      }
+    }
+    p.expert[t] = best;
+    p.scale[t] = best_p;
+    if (p.routing_counts) atomicAdd(&counts[best], 1);
+  }
+  __syncthreads();
+  if (p.routing_counts) {
+    for (int e = threadIdx.x; e < p.n_experts; e += kRouterThreads)
+      if (counts[e]) atomicAdd(&p.routing_counts[e], static_cast<unsigned long long>(counts[e]));
+  }
+}
+
+__global__ void __launch_bounds__(kGroupThreads) MoeGroupKernel(MoeGroupParams p) {
+  __shared__ int counts[kMaxExperts];
+  __shared__ int cursor[kMaxExperts];
+  __shared__ int warp_counts[kGroupWarps][kMaxExperts];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int n_e = p.n_experts;
+  for (int e = tid; e < n_e; e += kGroupThreads) counts[e] = 0;
+  __syncthreads();
+  for (int t = tid; t < p.n_tokens; t += kGroupThreads) atomicAdd(&counts[p.expert[t]], 1);
+  __syncthreads();
+  if (tid == 0) {
+    int acc = 0;
+    for (int e = 0; e < n_e; ++e) {
+      p.expert_offsets[e] = acc;
+      cursor[e] = acc;
+      acc += counts[e];
+    }
+    p.expert_offsets[n_e] = acc;
+  }
+  const unsigned lanes_below = (1u << lane) - 1u;
+  for (int base = 0; base < p.n_tokens; base += kGroupThreads) {
+    for (int i = tid; i < kGroupWarps * kMaxExperts; i += kGroupThreads)
+      (&warp_counts[0][0])[i] = 0;
+    __syncthreads();
+    const int t = base + tid;
+    const int e = t < p.n_tokens ? p.expert[t] : -1;
+    const unsigned same = __match_any_sync(0xffffffffu, e);
+    const int rank = __popc(same & lanes_below);
+    if (e >= 0 && rank == 0) warp_counts[warp][e] = __popc(same);
+    __syncthreads();
+    if (e >= 0) {
+      int before = 0;
+      for (int w = 0; w < warp; ++w) before += warp_counts[w][e];
+      p.permutation[cursor[e] + before + rank] = t;
+    }
+    __syncthreads();
+    for (int x = tid; x < n_e; x += kGroupThreads) {
+      int add = 0;
+      for (int w = 0; w < kGroupWarps; ++w) add += warp_counts[w][x];
+      cursor[x] += add;
+    }
+    __syncthreads();
+  }
+}
+
+}  // namespace
+
+absl::Status RouterSelect(const RouterSelectParams& p, Stream stream) {
+  if (p.n_tokens < 0 || p.n_experts <= 0 || p.n_experts > kMaxExperts || !p.logits || !p.expert ||
+      !p.scale)
+    return absl::InvalidArgumentError("RouterSelect: bad sizes or null pointer");
+  if (p.n_tokens == 0) return absl::OkStatus();
+  RouterSelectKernel<<<CeilDiv(p.n_tokens, kRouterThreads), kRouterThreads, 0, stream>>>(p);
+  BMS_CUDA_CHECK_LAUNCH("RouterSelect");
+  return absl::OkStatus();
+}
+
+absl::Status MoeGroup(const MoeGroupParams& p, Stream stream) {
+  if (p.n_tokens < 0 || p.n_experts <= 0 || p.n_experts > kMaxExperts || !p.expert ||
+      !p.expert_offsets || (p.n_tokens > 0 && !p.permutation))
+    return absl::InvalidArgumentError("MoeGroup: bad sizes or null pointer");
+  MoeGroupKernel<<<1, kGroupThreads, 0, stream>>>(p);
+  BMS_CUDA_CHECK_LAUNCH("MoeGroup");
+  return absl::OkStatus();
+}
+
+}  // namespace bms::cuda

@@ -1,0 +1,180 @@
+// CUDA ops: the device versions of kernels/ref/ops.h (same math, same state layout), each a
+// framework-free params struct plus one validating launcher that enqueues on a stream and
+// returns absl::Status (launch errors carry file:line). Activations and large weights are of one
+// compute dtype (fp32 or bf16); norms, biases, A, D and conv weights are always fp32; the
+// residual stream is fp32; state is fp32 or bf16 storage with fp32 math. All pointers are
+// device pointers unless a comment says otherwise. This header is CUDA-free (streams are passed
+// as the opaque CUstream_st*), so engine code and tests can include it.
+// Launchers do not synchronize; they never allocate. Not thread-safe per stream.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/ref/ops.h"
+
+struct CUstream_st;
+
+namespace bms::cuda {
+
+using Stream = CUstream_st*;
+using ref::Activation;
+using ref::StateStorage;
+
+enum class DType : uint8_t { kF32, kBF16 };  // compute dtype of activations and big weights
+inline int DTypeBytes(DType t) { return t == DType::kF32 ? 4 : 2; }
+
+// out[t] = table[tokens[t]]. Tokens must already be validated (< vocab_size).
+struct EmbeddingParams {
+  int n_tokens = 0;
+  int d_model = 0;
+  DType dtype = DType::kF32;
+  const int32_t* tokens = nullptr;  // [n_tokens]
+  const void* table = nullptr;      // [vocab_size, d_model]
+  void* out = nullptr;              // [n_tokens, d_model]
+};
+absl::Status Embedding(const EmbeddingParams& p, Stream stream);
+
+// Residual add + RMSNorm / LayerNorm (ref::AddNormParams math). Output row i reads residual
+// row src = rows ? rows[i] : i:  r = (first_layer ? h[src] : residual[src] + h[src]) (h null:
+// no add); out[i] = norm(r). When write_residual, r is stored back to residual[src] (rows must
+// then be null).
+struct AddNormParams {
+  int n_rows = 0;
+  int d_model = 0;
+  DType dtype = DType::kF32;  // of h and out
+  const void* h = nullptr;    // [*, d_model] or null
+  float* residual = nullptr;  // [*, d_model]
+  bool first_layer = false;
+  bool write_residual = true;
+  const int32_t* rows = nullptr;  // [n_rows] or null
+  const float* weight = nullptr;  // [d_model]
+  const float* bias = nullptr;    // [d_model] LayerNorm only, or null
+  float eps = 1e-5f;
+  void* out = nullptr;  // [n_rows, d_model]
+};
+absl::Status AddRmsNorm(const AddNormParams& p, Stream stream);
+absl::Status AddLayerNorm(const AddNormParams& p, Stream stream);
+
+// y[m, n] += bias[n] (y of dtype, row stride y_stride elements; 0 = n).
+absl::Status AddBias(int m, int n, DType dtype, void* y, int64_t y_stride, const float* bias,
+                     Stream stream);
+
+// Causal depthwise conv1d over a packed varlen batch (ref::CausalConv1dParams math), fused bias
+// and SiLU; reads each sequence's window from conv_state[slot] (zeros for a first chunk) and
+// writes the new window back. Slots must be distinct except the padding slot. Single-token
+// decode is the case cu_seqlens = [0, 1, ..., batch].
+struct CausalConv1dParams {
+  int batch = 0;
+  int n_tokens = 0;  // total packed tokens = cu_seqlens[batch] (host-side value)
+  int d_inner = 0;
+  int d_conv = 0;
+  int n_slots = 0;
+  DType dtype = DType::kF32;                   // of x and out
+  const int32_t* cu_seqlens = nullptr;         // [batch + 1]
+  const int32_t* slots = nullptr;              // [batch]
+  const uint8_t* has_initial_state = nullptr;  // [batch]; null = all zeros
+  const void* x = nullptr;                     // [n_tokens, d_inner], row stride x_stride
+  int64_t x_stride = 0;
+  const float* weight = nullptr;  // [d_inner, d_conv]
+  const float* bias = nullptr;    // [d_inner] or null
+  bool silu = true;
+  void* out = nullptr;  // [n_tokens, d_inner], row stride out_stride
+  int64_t out_stride = 0;
+  void* conv_state = nullptr;  // [n_slots, d_inner, d_conv - 1]
+  StateStorage conv_state_dtype = StateStorage::kF32;
+  int64_t conv_state_slot_stride = 0;  // 0 = d_inner * (d_conv - 1)
+};
+absl::Status CausalConv1dVarlen(const CausalConv1dParams& p, Stream stream);
+
+// Selective scan over a packed varlen batch (ref::SelectiveScanParams math): softplus(dt+bias),
+// exp(dt*A), fp32 recurrence per (sequence, channel) over time with the state in registers,
+// fused D skip and SiLU(z) gate; initial state from the slot (zeros for a first chunk), final
+// state to the slot. Decode is the 1-token-per-sequence case. d_state must be 16.
+struct SelectiveScanParams {
+  int batch = 0;
+  int d_inner = 0;
+  int d_state = 0;
+  int n_slots = 0;
+  DType dtype = DType::kF32;  // of u, delta, B, C, z, out
+  const int32_t* cu_seqlens = nullptr;
+  const int32_t* slots = nullptr;
+  const uint8_t* has_initial_state = nullptr;
+  const void* u = nullptr;
+  int64_t u_stride = 0;
+  const void* delta = nullptr;
+  int64_t delta_stride = 0;
+  const float* delta_bias = nullptr;
+  bool delta_softplus = true;
+  const float* A = nullptr;  // [d_inner, d_state]
+  const void* B = nullptr;
+  int64_t B_stride = 0;
+  const void* C = nullptr;
+  int64_t C_stride = 0;
+  const float* D = nullptr;
+  const void* z = nullptr;
+  int64_t z_stride = 0;
+  void* out = nullptr;
+  int64_t out_stride = 0;
+  void* ssm_state = nullptr;  // [n_slots, d_inner, d_state]
+  StateStorage ssm_state_dtype = StateStorage::kF32;
+  int64_t ssm_state_slot_stride = 0;
+};
+absl::Status SelectiveScanVarlen(const SelectiveScanParams& p, Stream stream);
+
+// Router selection from router GEMM output: p = sigmoid(logits + bias); expert = argmax p
+// (first index on ties); scale = p[expert]. Also adds the per-expert token counts to
+// routing_counts (may be null) for metrics.
+struct RouterSelectParams {
+  int n_tokens = 0;
+  int n_experts = 0;
+  const float* logits = nullptr;                 // [n_tokens, n_experts] fp32
+  const float* bias = nullptr;                   // [n_experts] or null
+  int32_t* expert = nullptr;                     // [n_tokens]
+  float* scale = nullptr;                        // [n_tokens]
+  unsigned long long* routing_counts = nullptr;  // [n_experts] accumulated
+};
+absl::Status RouterSelect(const RouterSelectParams& p, Stream stream);
+
+// Device-side grouping by expert (ref::MoeGroupParams): counts, exclusive prefix sum and a
+// stable permutation, in one single-block kernel (no host sync). n_experts <= 64.
+struct MoeGroupParams {
+  int n_tokens = 0;
+  int n_experts = 0;
+  const int32_t* expert = nullptr;    // [n_tokens]
+  int32_t* expert_offsets = nullptr;  // [n_experts + 1]
+  int32_t* permutation = nullptr;     // [n_tokens]
+};
+absl::Status MoeGroup(const MoeGroupParams& p, Stream stream);
+
+// Grouped expert GEMM over all experts in ONE launch: each tile finds its expert and row range
+// from the device-side expert_offsets. Grouped row r of expert e computes
+//   acc[j] = sum_k A[r, k] * W_e[j, k]
+// with A row r read from a[a_rows ? a_rows[r] : r] (gather fused in the load), and an epilogue:
+//   kGatedAct: out[r, j] = act(acc[j] + b[j]) * (acc[ffn + j] + b[ffn + j])   j < ffn
+//   kAct:      out[r, j] = act(acc[j] + b[j])
+//   kScaleScatter: out[t, j] = scale[t] * (acc[j] + b[j]) with t = out_rows[r] (un-permute)
+// bf16 uses tensor cores (mma.sync m16n8k16, fp32 accumulate); fp32 uses fp32 FMA.
+enum class GroupedEpilogue : uint8_t { kGatedAct, kAct, kScaleScatter };
+struct GroupedGemmParams {
+  int n_rows = 0;  // total grouped rows (= expert_offsets[n_experts]; host-side value)
+  int n_experts = 0;
+  int n = 0;  // output columns (ffn for kGatedAct)
+  int k = 0;
+  DType dtype = DType::kF32;
+  GroupedEpilogue epilogue = GroupedEpilogue::kAct;
+  Activation activation = Activation::kGelu;
+  const int32_t* expert_offsets = nullptr;  // [n_experts + 1]
+  const void* a = nullptr;                  // rows of k, row stride lda
+  int64_t lda = 0;
+  const int32_t* a_rows = nullptr;    // [n_rows] or null
+  const void* w = nullptr;            // [n_experts, w_rows, k] (w_rows = 2n gated, else n)
+  const float* bias = nullptr;        // [n_experts, w_rows] or null
+  const float* scale = nullptr;       // [tokens] (kScaleScatter) or null = 1
+  const int32_t* out_rows = nullptr;  // [n_rows] (kScaleScatter) or null
+  void* out = nullptr;                // row stride ldo
+  int64_t ldo = 0;
+};
+absl::Status GroupedGemm(const GroupedGemmParams& p, Stream stream);
+
+}  // namespace bms::cuda
