@@ -33,10 +33,19 @@ class Tokenizer {
   // The raw bytes of one token (may be a partial UTF-8 sequence); "" for unknown ids.
   virtual std::string TokenBytes(int32_t id) const = 0;
 
-  virtual int vocab_size() const = 0;            // ids 0 .. vocab_size()-1 have token text
-  virtual int32_t eos_token_id() const = 0;      // <|endoftext|>
-  virtual std::string name() const = 0;          // e.g. the file path or "byte-fallback"
+  // Whether `id` is a special added token (e.g. <|endoftext|>), dropped by skip_special.
+  virtual bool IsSpecialToken(int32_t /*id*/) const { return false; }
+
+  virtual int vocab_size() const = 0;        // ids 0 .. vocab_size()-1 have token text
+  virtual int32_t eos_token_id() const = 0;  // <|endoftext|>
+  virtual std::string name() const = 0;      // e.g. the file path or "byte-fallback"
 };
+
+// The tokenizer for a model: `tokenizer_flag` (a tokenizer.json path) when non-empty, else
+// <model_dir>/tokenizer.json when that file exists, else Tokenizer::ByteFallback(). Errors name
+// the file that failed to load.
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerForModel(const std::string& model_dir,
+                                                                 const std::string& tokenizer_flag);
 
 // Streaming detokenizer for one sequence: feed ids one at a time; each call returns the newly
 // completed text (never a partial UTF-8 character). The concatenation of all returns plus
@@ -46,6 +55,8 @@ class IncrementalDecoder {
   explicit IncrementalDecoder(const Tokenizer& tokenizer, bool skip_special = false);
   std::string Add(int32_t id);
   std::string Flush();  // whatever is held back, with invalid bytes as U+FFFD
+  // Bytes held back as the start of a possibly incomplete UTF-8 character (at most 3).
+  size_t pending_bytes() const { return pending_.size(); }
 
  private:
   const Tokenizer& tokenizer_;
@@ -59,7 +70,9 @@ class StopStringMatcher {
  public:
   StopStringMatcher(std::vector<std::string> stops, bool include_stop_in_output);
   // Feeds new text; returns the text that is safe to emit now. After a match, stopped() is true,
-  // matched() names the stop string, and later calls return "".
+  // matched() names the stop string, and later calls return "". A stop string matches as soon as
+  // it is complete; when several complete at the same point the one starting earliest wins.
+  // Empty stop strings are ignored.
   std::string Add(std::string_view text);
   // At the end of generation (no match): the held-back text.
   std::string Flush();
