@@ -73,11 +73,12 @@ class EngineImpl final : public Engine {
  private:
   enum class RunState { kCreated, kStarting, kRunning, kStopping, kStopped };
 
+  absl::StatusOr<std::shared_ptr<EventChannel>> Enqueue(GenerateRequest request);
   absl::Status ValidateRequest(const GenerateRequest& r) const;
   absl::Status WarmUp();
   void Loop();
   void RunStep();
-  StepResult Execute(const StepPlan& plan);
+  StepResult Execute(const StepPlan& plan, double* backend_seconds);
   void Publish(UpdateOutput* out);
 
   // Immutable after construction.
@@ -88,6 +89,7 @@ class EngineImpl final : public Engine {
   // Engine thread only.
   Scheduler scheduler_;
   int64_t forward_calls_ = 0;
+  Clock::time_point last_expert_refresh_{};
   std::vector<float> logits_;
   std::vector<float> scratch_;
 
@@ -191,6 +193,12 @@ absl::Status EngineImpl::WarmUp() {
 }
 
 absl::StatusOr<std::shared_ptr<EventChannel>> EngineImpl::Submit(GenerateRequest request) {
+  absl::StatusOr<std::shared_ptr<EventChannel>> channel = Enqueue(std::move(request));
+  if (!channel.ok() && options_.observer != nullptr) options_.observer->OnRejected(channel.status());
+  return channel;
+}
+
+absl::StatusOr<std::shared_ptr<EventChannel>> EngineImpl::Enqueue(GenerateRequest request) {
   if (absl::Status s = ValidateRequest(request); !s.ok()) return s;
   auto r = std::make_unique<RequestState>();
   r->channel = std::make_shared<EventChannel>();
@@ -250,6 +258,7 @@ EngineStats EngineImpl::Stats() const {
   s.backend_seconds_total = backend_seconds_.load();
   s.step_seconds_total = step_seconds_.load();
   s.state_bytes_per_slot = backend_->state_bytes_per_slot();
+  s.backend_memory_bytes = backend_->memory_bytes_in_use();
   s.ready = ready_.load();
   return s;
 }
@@ -285,7 +294,8 @@ void EngineImpl::RunStep() {
   StepPlan plan = scheduler_.Schedule(start);
   sched_waiting_.store(scheduler_.num_waiting());
   StepResult result;
-  if (!plan.empty()) result = Execute(plan);
+  double backend_seconds = 0;
+  if (!plan.empty()) result = Execute(plan, &backend_seconds);
   UpdateOutput out = scheduler_.Update(plan, result, Clock::now());
   Publish(&out);
   running_.store(scheduler_.num_running());
@@ -298,10 +308,25 @@ void EngineImpl::RunStep() {
     steps_.fetch_add(1);
     last_step_seconds_.store(step);
     step_seconds_.store(step_seconds_.load() + step);  // single writer
+    if (options_.observer != nullptr) {
+      StepObservation obs;
+      obs.num_seqs = static_cast<int>(plan.seqs.size());
+      obs.num_decode_tokens = plan.num_decode_tokens;
+      obs.num_prefill_tokens = plan.num_prefill_tokens;
+      obs.step_seconds = step;
+      obs.backend_seconds = backend_seconds;
+      obs.failed = !result.status.ok();
+      const Clock::time_point now = Clock::now();
+      if (Seconds(now - last_expert_refresh_) >= kExpertCountsRefreshSeconds) {
+        last_expert_refresh_ = now;
+        obs.expert_token_counts = backend_->ExpertTokenCounts();
+      }
+      options_.observer->OnStep(obs);
+    }
   }
 }
 
-StepResult EngineImpl::Execute(const StepPlan& plan) {
+StepResult EngineImpl::Execute(const StepPlan& plan, double* backend_seconds) {
   StepResult result;
   ++forward_calls_;
   const Clock::time_point t0 = Clock::now();
@@ -311,7 +336,8 @@ StepResult EngineImpl::Execute(const StepPlan& plan) {
   } else {
     result.status = backend_->Forward(plan.Input(), &logits_);
   }
-  backend_seconds_.store(backend_seconds_.load() + Seconds(Clock::now() - t0));
+  *backend_seconds = Seconds(Clock::now() - t0);
+  backend_seconds_.store(backend_seconds_.load() + *backend_seconds);
   if (!result.status.ok()) return result;
 
   const size_t vocab = static_cast<size_t>(backend_->config().vocab_size);
@@ -350,7 +376,9 @@ void EngineImpl::Publish(UpdateOutput* out) {
     for (const std::string& id : out->finished_ids) live_ids_.erase(id);
   }
   for (OutgoingEvent& e : out->events) {
-    if (e.channel != nullptr) e.channel->Push(std::move(e.event));
+    if (e.channel == nullptr) continue;
+    if (options_.observer != nullptr) options_.observer->OnEvent(e.channel.get(), e.event);
+    e.channel->Push(std::move(e.event));
   }
 }
 

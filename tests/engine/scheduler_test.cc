@@ -1,0 +1,187 @@
+// Scheduler unit tests, no backend: token budget, chunked prefill, decode-first policy,
+// priority, n > 1 forks, slot release on finish/cancel, errors.
+#include "engine/scheduler.h"
+
+#include <memory>
+
+#include "gtest/gtest.h"
+
+namespace bms {
+namespace {
+
+std::unique_ptr<RequestState> MakeRequest(const std::string& id, int prompt_len, int max_tokens,
+                                          int n = 1, int priority = 0) {
+  auto r = std::make_unique<RequestState>();
+  r->request.request_id = id;
+  for (int i = 0; i < prompt_len; ++i) r->request.prompt_ids.push_back(i % 7 + 1);
+  r->request.sampling.max_tokens = max_tokens;
+  r->request.sampling.temperature = 0;
+  r->request.n = n;
+  r->request.priority = priority;
+  r->channel = std::make_shared<EventChannel>();
+  return r;
+}
+
+// Every sampled token is `token` (never EOS = 0).
+StepResult SampleAll(const StepPlan& plan, int32_t token = 5) {
+  StepResult res;
+  for (const PlannedSeq& s : plan.seqs) {
+    res.sampled.emplace_back(s.sample_choices.size(), SampledToken{.token = token});
+  }
+  return res;
+}
+
+TEST(Scheduler, ChunkedPrefillUnderTokenBudget) {
+  Scheduler s({.num_slots = 4, .max_num_batched_tokens = 4, .eos_token_id = 0});
+  s.Add(MakeRequest("a", 10, 2));
+  auto now = Clock::now();
+  // Step 1: chunk [0, 4), first chunk, no logits.
+  StepPlan p1 = s.Schedule(now);
+  ASSERT_EQ(p1.seqs.size(), 1u);
+  EXPECT_EQ(p1.chunks[0].n_tokens, 4);
+  EXPECT_TRUE(p1.chunks[0].first_chunk);
+  EXPECT_EQ(p1.chunks[0].logits, LogitsMode::kNone);
+  EXPECT_EQ(p1.tokens.size(), 4u);
+  EXPECT_EQ(s.slots().num_used(), 1);
+  s.Update(p1, SampleAll(p1), now);
+  // Step 2: [4, 8), continuation.
+  StepPlan p2 = s.Schedule(now);
+  ASSERT_EQ(p2.seqs.size(), 1u);
+  EXPECT_EQ(p2.chunks[0].n_tokens, 4);
+  EXPECT_FALSE(p2.chunks[0].first_chunk);
+  EXPECT_EQ(p2.chunks[0].slot, p1.chunks[0].slot);
+  EXPECT_EQ(p2.tokens[0], 4 % 7 + 1);  // prompt token 4
+  s.Update(p2, SampleAll(p2), now);
+  // Step 3: last 2 tokens, logits for the last one -> first generated token.
+  StepPlan p3 = s.Schedule(now);
+  ASSERT_EQ(p3.seqs.size(), 1u);
+  EXPECT_EQ(p3.chunks[0].n_tokens, 2);
+  EXPECT_EQ(p3.chunks[0].logits, LogitsMode::kLast);
+  UpdateOutput o3 = s.Update(p3, SampleAll(p3), now);
+  EXPECT_EQ(o3.prompt_tokens, 2);
+  ASSERT_EQ(o3.events.size(), 1u);
+  EXPECT_EQ(o3.events[0].event.token_ids, std::vector<int32_t>{5});
+  // Step 4: one decode token (the sampled 5) -> second token -> length.
+  StepPlan p4 = s.Schedule(now);
+  ASSERT_EQ(p4.seqs.size(), 1u);
+  EXPECT_EQ(p4.tokens, std::vector<int32_t>{5});
+  EXPECT_EQ(p4.num_decode_tokens, 1);
+  UpdateOutput o4 = s.Update(p4, SampleAll(p4), now);
+  ASSERT_EQ(o4.events.size(), 1u);
+  EXPECT_EQ(o4.events[0].event.finish, FinishReason::kLength);
+  EXPECT_EQ(o4.finished_ids, std::vector<std::string>{"a"});
+  EXPECT_EQ(s.slots().num_used(), 0);
+  EXPECT_FALSE(s.HasWork());
+}
+
+TEST(Scheduler, DecodesFirstThenPrefillFillsTheBudget) {
+  Scheduler s({.num_slots = 8, .max_num_batched_tokens = 6, .eos_token_id = 0});
+  auto now = Clock::now();
+  s.Add(MakeRequest("a", 2, 10));
+  s.Add(MakeRequest("b", 3, 10));
+  StepPlan p1 = s.Schedule(now);  // both prompts fit: 5 tokens
+  EXPECT_EQ(p1.num_prefill_tokens, 5);
+  s.Update(p1, SampleAll(p1), now);
+  s.Add(MakeRequest("c", 20, 10));
+  StepPlan p2 = s.Schedule(now);
+  // 2 decodes, then 4 tokens of c's prompt.
+  EXPECT_EQ(p2.num_decode_tokens, 2);
+  EXPECT_EQ(p2.num_prefill_tokens, 4);
+  ASSERT_EQ(p2.seqs.size(), 3u);
+  EXPECT_EQ(p2.seqs[2].request->request.request_id, "c");
+  EXPECT_EQ(p2.tokens.size(), 6u);
+  for (const SeqChunk& c : p2.chunks) EXPECT_LE(c.token_offset + c.n_tokens, 6);
+}
+
+TEST(Scheduler, PriorityThenArrivalOrder) {
+  Scheduler s({.num_slots = 1, .max_num_batched_tokens = 100, .eos_token_id = 0});
+  auto now = Clock::now();
+  s.Add(MakeRequest("low", 3, 1, 1, /*priority=*/5));
+  s.Add(MakeRequest("high1", 3, 1, 1, /*priority=*/-1));
+  s.Add(MakeRequest("high2", 3, 1, 1, /*priority=*/-1));
+  std::vector<std::string> order;
+  while (s.HasWork()) {
+    StepPlan p = s.Schedule(now);
+    ASSERT_EQ(p.seqs.size(), 1u);  // one slot: one request at a time
+    UpdateOutput o = s.Update(p, SampleAll(p), now);
+    for (auto& id : o.finished_ids) order.push_back(id);
+  }
+  EXPECT_EQ(order, (std::vector<std::string>{"high1", "high2", "low"}));
+}
+
+TEST(Scheduler, ForkForNChoicesNeedsNSlots) {
+  Scheduler s({.num_slots = 3, .max_num_batched_tokens = 100, .eos_token_id = 0});
+  auto now = Clock::now();
+  s.Add(MakeRequest("one", 2, 5));
+  s.Add(MakeRequest("three", 4, 2, /*n=*/3));
+  StepPlan p1 = s.Schedule(now);
+  // "three" needs 3 slots but only 2 are free: it waits (strict order).
+  ASSERT_EQ(p1.seqs.size(), 1u);
+  EXPECT_EQ(s.num_waiting(), 1);
+  s.Update(p1, SampleAll(p1), now);
+  for (int i = 0; i < 4; ++i) {
+    StepPlan p = s.Schedule(now);
+    s.Update(p, SampleAll(p), now);
+  }
+  EXPECT_EQ(s.num_running(), 0);
+  StepPlan p2 = s.Schedule(now);
+  ASSERT_EQ(p2.seqs.size(), 1u);
+  const PlannedSeq& seq = p2.seqs[0];
+  EXPECT_EQ(seq.choice, -1);
+  EXPECT_EQ(seq.fork_to.size(), 2u);
+  EXPECT_EQ(seq.sample_choices, (std::vector<int>{0, 1, 2}));
+  EXPECT_EQ(s.slots().num_used(), 3);
+  StepResult r;
+  r.sampled.push_back(
+      {SampledToken{.token = 3}, SampledToken{.token = 4}, SampledToken{.token = 0}});
+  UpdateOutput o = s.Update(p2, r, now);
+  ASSERT_EQ(o.events.size(), 3u);
+  EXPECT_EQ(o.events[2].event.finish, FinishReason::kStop);  // EOS
+  EXPECT_EQ(o.events[2].event.stop_token, 0);
+  EXPECT_TRUE(o.events[2].event.token_ids.empty());
+  EXPECT_EQ(s.slots().num_used(), 2);  // the stopped choice gave its slot back at once
+  StepPlan p3 = s.Schedule(now);
+  EXPECT_EQ(p3.num_decode_tokens, 2);
+  EXPECT_EQ(p3.tokens, (std::vector<int32_t>{3, 4}));
+}
+
+TEST(Scheduler, CancelBeforeAdmissionAndMidPrefill) {
+  Scheduler s({.num_slots = 1, .max_num_batched_tokens = 2, .eos_token_id = 0});
+  auto now = Clock::now();
+  s.Add(MakeRequest("a", 10, 3));
+  s.Add(MakeRequest("b", 10, 3, 2));  // n=2 > free slots: waits
+  StepPlan p1 = s.Schedule(now);
+  s.Update(p1, SampleAll(p1), now);
+  EXPECT_TRUE(s.RequestCancel("a"));
+  EXPECT_TRUE(s.RequestCancel("b"));
+  EXPECT_FALSE(s.RequestCancel("zzz"));
+  StepPlan p2 = s.Schedule(now);
+  EXPECT_TRUE(p2.empty());
+  UpdateOutput o = s.Update(p2, StepResult{}, now);
+  ASSERT_EQ(o.events.size(), 3u);  // a: 1 choice, b: 2 choices
+  for (auto& e : o.events) EXPECT_EQ(e.event.finish, FinishReason::kAbort);
+  EXPECT_EQ(o.finished_ids.size(), 2u);
+  EXPECT_EQ(s.slots().num_used(), 0);
+  EXPECT_FALSE(s.HasWork());
+}
+
+TEST(Scheduler, FailedStepErrorsOnlyItsRequests) {
+  Scheduler s({.num_slots = 2, .max_num_batched_tokens = 3, .eos_token_id = 0});
+  auto now = Clock::now();
+  s.Add(MakeRequest("a", 3, 3));
+  s.Add(MakeRequest("b", 3, 3));  // no budget left this step: not in the plan
+  StepPlan p = s.Schedule(now);
+  ASSERT_EQ(p.seqs.size(), 1u);
+  StepResult failed;
+  failed.status = absl::InternalError("boom");
+  UpdateOutput o = s.Update(p, failed, now);
+  ASSERT_EQ(o.events.size(), 1u);
+  EXPECT_EQ(o.events[0].event.finish, FinishReason::kError);
+  EXPECT_EQ(o.events[0].event.error.message(), "boom");
+  EXPECT_EQ(o.finished_ids, std::vector<std::string>{"a"});
+  EXPECT_EQ(s.slots().num_used(), 0);
+  EXPECT_EQ(s.num_waiting(), 1);  // b is still waiting, untouched
+}
+
+}  // namespace
+}  // namespace bms
