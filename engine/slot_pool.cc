@@ -28,13 +28,6 @@ bool SlotPool::Release(int slot) {
   return true;
 }
 
-size_t StateBytesPerSlot(const ModelConfig& config, StateDType dtype) {
-  const size_t elem = dtype == StateDType::kF32 ? 4 : 2;
-  const size_t per_layer =
-      static_cast<size_t>(config.d_inner()) * (config.d_conv - 1 + config.d_state) * elem;
-  return per_layer * static_cast<size_t>(config.num_mamba_layers());
-}
-
 int ChooseNumSlots(int max_num_seqs, int64_t state_memory_budget, size_t bytes_per_slot) {
   if (max_num_seqs > 0) return max_num_seqs;
   if (bytes_per_slot == 0 || state_memory_budget <= 0) return 1;

@@ -34,11 +34,7 @@ class SlotPool {
   std::vector<bool> in_use_;
 };
 
-// Bytes of state one slot holds for this config: per Mamba layer a conv window
-// [d_inner, d_conv - 1] and an SSM state [d_inner, d_state], in the state dtype.
-size_t StateBytesPerSlot(const ModelConfig& config, StateDType dtype);
-
-// How many slots to create: `max_num_seqs` when > 0, otherwise as many as fit in
+// How many slots to create (bytes_per_slot: StateBytesPerSlot in engine/cpu_backend.h): `max_num_seqs` when > 0, otherwise as many as fit in
 // `state_memory_budget` bytes (at least 1, at most kMaxDefaultSlots).
 inline constexpr int kMaxDefaultSlots = 1024;
 int ChooseNumSlots(int max_num_seqs, int64_t state_memory_budget, size_t bytes_per_slot);
