@@ -1,0 +1,254 @@
+// `bmserve serve`: loads the model (or builds the in-memory demo model), starts the engine and
+// the network frontends that share one ServerContext (HTTP/OpenAI now; gRPC and /metrics hook in
+// at the marked places), logs the effective configuration, and runs until SIGINT/SIGTERM, then
+// drains: /ready turns 503, new requests are refused, running ones get --drain-timeout seconds.
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "boost/asio.hpp"
+#include "engine/backend_registry.h"
+#include "engine/cpu_backend.h"
+#include "engine/engine.h"
+#include "engine/model_weights.h"
+#include "server/commands.h"
+#include "server/flags.h"
+#include "server/http_log.h"
+#include "server/http_server.h"
+#include "server/openai_handlers.h"
+#include "server/server_context.h"
+
+namespace bms {
+namespace {
+
+struct ServeFlags {
+  std::string model;
+  bool demo = false;
+  std::string tokenizer;
+  std::string served_model_name;
+  std::string backend = "cpu";
+  std::string host = "127.0.0.1";
+  int http_port = 8000;
+  int http_threads = 2;
+  int max_num_seqs = 0;
+  int64_t state_memory_budget = int64_t{4} << 30;
+  std::string state_dtype = "fp32";
+  int max_num_batched_tokens = 2048;
+  int max_queued_requests = 1024;
+  int max_prompt_tokens = 131072;
+  int max_tokens_limit = 131072;
+  int max_n = 16;
+  std::string chat_template;
+  int64_t max_body_bytes = 16 << 20;
+  double write_timeout = 30;
+  double idle_timeout = 60;
+  double drain_timeout = 30;
+  int64_t max_buffered_output = 1 << 20;
+  int demo_seed = 1;
+  int cpu_threads = 0;
+  std::string fault_injection;
+};
+
+void Register(FlagSet& f, ServeFlags& v) {
+  f.String("model", &v.model, "model directory (config.json + weights); none = --demo");
+  f.Bool("demo", &v.demo, "serve the built-in tiny random-weight demo model (bmserve-demo)");
+  f.String("tokenizer", &v.tokenizer,
+           "tokenizer.json (default: <model>/tokenizer.json, else bytes)");
+  f.String("served-model-name", &v.served_model_name, "model id clients use (default: dir name)");
+  f.String("backend", &v.backend, "cpu or cuda");
+  f.String("host", &v.host, "address to listen on (0.0.0.0 to accept remote clients)");
+  f.Int("http-port", &v.http_port, "HTTP port (0 = any free port, logged at start-up)");
+  f.Int("http-threads", &v.http_threads, "HTTP I/O threads (fixed; connections are async)");
+  f.Int("max-num-seqs", &v.max_num_seqs, "state slots = max running sequences (0 = from budget)");
+  f.Int64("state-memory-budget", &v.state_memory_budget, "bytes of state when max-num-seqs=0");
+  f.String("state-dtype", &v.state_dtype, "fp32 or bf16 state slots");
+  f.Int("max-num-batched-tokens", &v.max_num_batched_tokens, "token budget per engine step");
+  f.Int("max-queued-requests", &v.max_queued_requests, "waiting requests before 429");
+  f.Int("max-prompt-tokens", &v.max_prompt_tokens, "longer prompts are rejected (400)");
+  f.Int("max-tokens-limit", &v.max_tokens_limit, "largest accepted max_tokens");
+  f.Int("max-n", &v.max_n, "largest accepted n");
+  f.String("chat-template", &v.chat_template, "chat template JSON file (see chat_template.h)");
+  f.Int64("max-body-bytes", &v.max_body_bytes, "larger request bodies get 413");
+  f.Double("write-timeout", &v.write_timeout, "seconds a client may stall a write before cut");
+  f.Double("idle-timeout", &v.idle_timeout, "seconds an idle keep-alive connection stays open");
+  f.Double("drain-timeout", &v.drain_timeout, "seconds running requests get at shutdown");
+  f.Int64("max-buffered-output", &v.max_buffered_output, "output bytes buffered per connection");
+  f.Int("demo-seed", &v.demo_seed, "seed of the demo model's random weights");
+  f.Int("cpu-threads", &v.cpu_threads, "CPU backend threads (0 = all cores)");
+  f.String("fault-injection", &v.fault_injection, "test only: step-fail:N");
+}
+
+std::chrono::milliseconds Ms(double seconds) {
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+}
+
+absl::Status CheckFlags(const ServeFlags& v) {
+  auto positive = [](const char* name, double x) -> absl::Status {
+    if (x > 0) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat("flag --", name, " must be > 0"));
+  };
+  for (auto [name, x] : {std::pair<const char*, double>{"write-timeout", v.write_timeout},
+                         {"idle-timeout", v.idle_timeout},
+                         {"http-threads", v.http_threads},
+                         {"max-body-bytes", static_cast<double>(v.max_body_bytes)},
+                         {"max-buffered-output", static_cast<double>(v.max_buffered_output)},
+                         {"max-n", v.max_n},
+                         {"max-tokens-limit", v.max_tokens_limit},
+                         {"max-prompt-tokens", v.max_prompt_tokens}}) {
+    if (auto s = positive(name, x); !s.ok()) return s;
+  }
+  if (v.drain_timeout < 0) return absl::InvalidArgumentError("flag --drain-timeout must be >= 0");
+  if (v.max_num_seqs < 0) return absl::InvalidArgumentError("flag --max-num-seqs must be >= 0");
+  if (v.state_dtype != "fp32" && v.state_dtype != "bf16") {
+    return absl::InvalidArgumentError("flag --state-dtype must be fp32 or bf16");
+  }
+  if (!v.model.empty() && v.demo) {
+    return absl::InvalidArgumentError("give either --model DIR or --demo, not both");
+  }
+  return absl::OkStatus();
+}
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "bmserve serve: %s\n", std::string(s.message()).c_str());
+  return 1;
+}
+
+}  // namespace
+
+int ServeCommand(const Args& args) {
+  FlagSet flags("serve");
+  ServeFlags v;
+  Register(flags, v);
+  if (auto s = flags.Parse(args); !s.ok()) return Fail(s);
+  if (flags.help_requested()) {
+    std::printf("%s", flags.Usage().c_str());
+    return 0;
+  }
+  if (auto s = CheckFlags(v); !s.ok()) return Fail(s);
+  const bool demo = v.model.empty();
+
+  // Model and tokenizer.
+  ModelWeights weights;
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (demo) {
+    auto config = ModelConfig::Preset("tiny");
+    if (!config.ok()) return Fail(config.status());
+    weights = MakeRandomWeights(*config, static_cast<uint64_t>(v.demo_seed));
+    if (v.tokenizer.empty()) {
+      tokenizer = Tokenizer::ByteFallback();
+    } else if (auto t = Tokenizer::FromFile(v.tokenizer); t.ok()) {
+      tokenizer = std::move(*t);
+    } else {
+      return Fail(t.status());
+    }
+    if (v.served_model_name.empty()) v.served_model_name = "bmserve-demo";
+  } else {
+    auto loaded = LoadModel(v.model);
+    if (!loaded.ok()) return Fail(loaded.status());
+    weights = std::move(*loaded);
+    auto t = LoadTokenizerForModel(v.model, v.tokenizer);
+    if (!t.ok()) return Fail(t.status());
+    tokenizer = std::move(*t);
+    if (v.served_model_name.empty()) {
+      v.served_model_name = std::filesystem::path(v.model).lexically_normal().filename().string();
+      if (v.served_model_name.empty()) {
+        v.served_model_name =
+            std::filesystem::path(v.model).lexically_normal().parent_path().filename().string();
+      }
+    }
+  }
+  const ModelConfig config = weights.config;
+
+  ServerContext ctx;
+  if (!v.chat_template.empty()) {
+    auto t = ChatTemplate::FromFile(v.chat_template);
+    if (!t.ok()) return Fail(t.status());
+    ctx.chat_template = *t;
+  }
+
+  // Backend and engine.
+  BackendOptions bo;
+  bo.state_dtype = v.state_dtype == "bf16" ? StateDType::kBF16 : StateDType::kF32;
+  bo.num_threads = v.cpu_threads;
+  size_t slot_bytes = StateBytesPerSlot(config, bo.state_dtype);
+  bo.num_slots = v.max_num_seqs;
+  if (bo.num_slots == 0) {
+    bo.num_slots = static_cast<int>(
+        std::clamp<int64_t>(v.state_memory_budget / std::max<size_t>(slot_bytes, 1), 1, 256));
+  }
+  auto backend = CreateBackend(v.backend, weights, bo);
+  if (!backend.ok()) return Fail(backend.status());
+  EngineOptions eo;
+  eo.max_num_batched_tokens = v.max_num_batched_tokens;
+  eo.max_queued_requests = v.max_queued_requests;
+  eo.max_prompt_tokens = v.max_prompt_tokens;
+  eo.max_tokens_limit = v.max_tokens_limit;
+  eo.max_n = v.max_n;
+  eo.eos_token_id = tokenizer->eos_token_id() < config.vocab_size ? tokenizer->eos_token_id() : -1;
+  eo.fault_injection = v.fault_injection;
+  // (metrics: set eo.observer here.)
+  auto engine = Engine::Create(std::move(*backend), eo);
+  if (!engine.ok()) return Fail(engine.status());
+  weights = ModelWeights();  // the backend holds its own copy
+  if (auto s = (*engine)->Start(); !s.ok()) return Fail(s);
+
+  ctx.engine = engine->get();
+  ctx.tokenizer = tokenizer.get();
+  ctx.served_model_name = v.served_model_name;
+  ctx.vocab_size = config.vocab_size;
+  ctx.max_sequence_length = config.max_sequence_length;
+  ctx.created_unix = absl::ToUnixSeconds(absl::Now());
+  ctx.limits.max_body_bytes = v.max_body_bytes;
+  ctx.limits.max_prompt_tokens = v.max_prompt_tokens;
+  ctx.limits.max_tokens_limit = v.max_tokens_limit;
+  ctx.limits.max_n = v.max_n;
+  ctx.limits.write_timeout = Ms(v.write_timeout);
+  ctx.limits.idle_timeout = Ms(v.idle_timeout);
+  ctx.limits.max_buffered_output = static_cast<size_t>(v.max_buffered_output);
+
+  // Frontends. (gRPC starts here too; /metrics adds its route to `router`.)
+  HttpRouter router;
+  HttpServerOptions ho;
+  ho.host = v.host;
+  ho.port = v.http_port;
+  ho.threads = v.http_threads;
+  HttpServer http(router, ctx.limits, ho);
+  AddOpenAiRoutes(ctx, &http.counters(), &router);
+  if (auto s = http.Start(); !s.ok()) {
+    (*engine)->Stop();
+    return Fail(s);
+  }
+
+  LogLine(absl::StrCat("bmserve serve: config ", absl::StrJoin(flags.EffectiveValues(), " ")));
+  LogLine(absl::StrCat(
+      "bmserve serve: model=", v.served_model_name,
+      demo ? " (demo: tiny preset, random weights)" : "", " layers=", config.num_layers,
+      " d_model=", config.d_model, " vocab=", config.vocab_size, " tokenizer=", tokenizer->name(),
+      " backend=", v.backend, " slots=", bo.num_slots, " state_bytes_per_slot=", slot_bytes));
+  LogLine(absl::StrCat("bmserve serve: listening on http://", v.host, ":", http.port()));
+
+  // Wait for SIGINT/SIGTERM, then drain.
+  boost::asio::io_context signals_ioc;
+  boost::asio::signal_set signals(signals_ioc, SIGINT, SIGTERM);
+  signals.async_wait([](const boost::system::error_code&, int) {});
+  signals_ioc.run();
+  LogLine("bmserve serve: shutting down (draining)");
+  ctx.draining.store(true);
+  http.StopAccepting();
+  auto deadline = std::chrono::steady_clock::now() + Ms(v.drain_timeout);
+  while (http.counters().active_requests.load() > 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  (*engine)->Stop();  // what still runs finishes with "abort"
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let final frames flush
+  http.Stop();
+  LogLine("bmserve serve: stopped");
+  return 0;
+}
+
+}  // namespace bms

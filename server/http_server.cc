@@ -1,0 +1,77 @@
+#include "server/http_server.h"
+
+#include "absl/strings/str_cat.h"
+#include "server/http_log.h"
+
+namespace bms {
+
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+
+HttpServer::HttpServer(const HttpRouter& router, const ServerLimits& limits,
+                       HttpServerOptions options)
+    : router_(router),
+      limits_(limits),
+      options_(std::move(options)),
+      ioc_(options_.threads),
+      acceptor_(net::make_strand(ioc_)) {}
+
+HttpServer::~HttpServer() { Stop(); }
+
+absl::Status HttpServer::Start() {
+  boost::system::error_code ec;
+  net::ip::address address = net::ip::make_address(options_.host, ec);
+  if (ec)
+    return absl::InvalidArgumentError(absl::StrCat("--host: bad address '", options_.host, "'"));
+  if (options_.port < 0 || options_.port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("--http-port: out of range: ", options_.port));
+  }
+  if (options_.threads < 1) return absl::InvalidArgumentError("--http-threads must be >= 1");
+  tcp::endpoint endpoint(address, static_cast<unsigned short>(options_.port));
+  acceptor_.open(endpoint.protocol(), ec);
+  if (!ec) acceptor_.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor_.bind(endpoint, ec);
+  if (!ec) acceptor_.listen(net::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options_.host, ":", options_.port, ": ", ec.message()));
+  }
+  port_ = acceptor_.local_endpoint().port();
+  Accept();
+  for (int i = 0; i < options_.threads; ++i) threads_.emplace_back([this] { ioc_.run(); });
+  return absl::OkStatus();
+}
+
+void HttpServer::Accept() {
+  acceptor_.async_accept(
+      net::make_strand(ioc_), [this](boost::system::error_code ec, tcp::socket socket) {
+        if (!acceptor_.is_open()) return;
+        if (ec) {
+          // Out of file descriptors and the like: log, and keep accepting.
+          LogLine(absl::StrCat("accept failed: ", ec.message()));
+        } else {
+          boost::system::error_code ignored;
+          socket.set_option(tcp::no_delay(true), ignored);
+          std::make_shared<HttpSession>(std::move(socket), router_, limits_, &counters_)->Start();
+        }
+        Accept();
+      });
+}
+
+void HttpServer::StopAccepting() {
+  net::post(acceptor_.get_executor(), [this] {
+    boost::system::error_code ignored;
+    acceptor_.close(ignored);
+  });
+}
+
+void HttpServer::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  StopAccepting();
+  ioc_.stop();
+  for (std::thread& t : threads_) t.join();
+  threads_.clear();
+}
+
+}  // namespace bms
