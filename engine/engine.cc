@@ -317,7 +317,9 @@ void EngineImpl::RunStep() {
       obs.backend_seconds = backend_seconds;
       obs.failed = !result.status.ok();
       const Clock::time_point now = Clock::now();
-      if (Seconds(now - last_expert_refresh_) >= kExpertCountsRefreshSeconds) {
+      // Also refreshed when the engine goes idle, so the counts are exact after traffic.
+      if (Seconds(now - last_expert_refresh_) >= kExpertCountsRefreshSeconds ||
+          !scheduler_.HasWork()) {
         last_expert_refresh_ = now;
         obs.expert_token_counts = backend_->ExpertTokenCounts();
       }

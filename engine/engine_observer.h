@@ -25,7 +25,8 @@ struct StepObservation {
   bool failed = false;         // the backend step failed (its requests finished with kError)
   // Cumulative tokens routed to each expert since the backend was created,
   // [num_moe_layers][n_experts] (Backend::ExpertTokenCounts). The engine refreshes it at most
-  // every kExpertCountsRefreshSeconds; it is empty in steps where it was not refreshed and when
+  // every kExpertCountsRefreshSeconds, and in the step after which it has no work left (so the
+  // counts are exact once it is idle); it is empty in steps where it was not refreshed and when
   // the backend does not count.
   std::vector<std::vector<int64_t>> expert_token_counts;
 };
