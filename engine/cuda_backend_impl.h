@@ -1,0 +1,134 @@
+// CudaBackendImpl: the class behind CreateCudaBackend (engine/cuda_backend.h), shared by
+// engine/cuda_backend.cc (start-up: weight upload, state pool, state access) and
+// engine/cuda_forward.cc (Forward). Internal to the CUDA backend; CUDA-free (device memory is
+// reached through kernels/cuda/device_memory.h). Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/cuda_backend.h"
+#include "kernels/cuda/device_memory.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/ops.h"
+
+namespace bms {
+
+class CudaBackendImpl : public CudaBackend {
+ public:
+  static absl::StatusOr<std::unique_ptr<CudaBackendImpl>> Create(const ModelWeights& weights,
+                                                                 const BackendOptions& options);
+  ~CudaBackendImpl() override;
+
+  std::string name() const override { return "cuda"; }
+  const ModelConfig& config() const override { return config_; }
+  int num_slots() const override { return num_slots_; }
+  size_t state_bytes_per_slot() const override;
+  absl::Status Forward(const StepInput& input, std::vector<float>* logits) override;
+  absl::Status CopyState(int src_slot, int dst_slot) override;
+  absl::StatusOr<std::vector<float>> ReadState(int slot) override;
+  absl::StatusOr<std::vector<int64_t>> ReadRoutingCounts() override;
+  size_t weight_bytes() const override { return weights_.size(); }
+  size_t state_pool_bytes() const override { return state_.size(); }
+
+ private:
+  // Device pointers into weights_ (compute dtype `W`, fp32 `F`); null = absent bias.
+  struct MambaLayer {
+    const void* in_proj = nullptr;         // W [2*d_inner, d_model]
+    const float* in_proj_bias = nullptr;   // F [2*d_inner]
+    const float* conv_weight = nullptr;    // F [d_inner, d_conv]
+    const float* conv_bias = nullptr;      // F [d_inner]
+    const void* x_proj = nullptr;          // W [dt_rank + 2*d_state, d_inner]
+    const void* dt_proj = nullptr;         // W [d_inner, dt_rank]
+    const float* dt_bias = nullptr;        // F [d_inner]
+    const float* A = nullptr;              // F [d_inner, d_state] = -exp(A_log)
+    const float* D = nullptr;              // F [d_inner]
+    const void* out_proj = nullptr;        // W [d_model, d_inner]
+    const float* out_proj_bias = nullptr;  // F [d_model]
+    void* conv_state = nullptr;            // [num_slots + 1, d_inner, d_conv - 1]
+    void* ssm_state = nullptr;             // [num_slots + 1, d_inner, d_state]
+  };
+  struct MlpLayer {
+    int n_experts = 1;                   // 1 for a dense layer
+    int moe_index = -1;                  // index among MoE layers (routing counters)
+    const void* router = nullptr;        // W [n_experts, d_model]
+    const float* router_bias = nullptr;  // F [n_experts]
+    const void* fc1 = nullptr;           // W [n_experts, fc1_rows, d_model]
+    const float* fc1_bias = nullptr;     // F [n_experts, fc1_rows]
+    const void* fc2 = nullptr;           // W [n_experts, d_model, f]
+    const float* fc2_bias = nullptr;     // F [n_experts, d_model]
+  };
+  struct Layer {
+    LayerKind kind = LayerKind::kMamba;
+    const float* norm = nullptr;  // F [d_model]
+    MambaLayer mamba;
+    MlpLayer mlp;
+  };
+  // Per-step activation buffers, sized for `tokens` rows and `logit_rows` logits rows.
+  struct Workspace {
+    int tokens = 0;
+    int logit_rows = 0;
+    cuda::DeviceBuffer buffer;
+    void* h = nullptr;               // [T, d_model]
+    float* residual = nullptr;       // [T, d_model]
+    void* x = nullptr;               // [T, d_model]
+    void* xz = nullptr;              // [T, 2*d_inner]
+    void* xc = nullptr;              // [T, d_inner]
+    void* dbc = nullptr;             // [T, dt_rank + 2*d_state]
+    void* dt = nullptr;              // [T, d_inner]
+    void* y = nullptr;               // [T, d_inner]
+    float* router_logits = nullptr;  // [T, n_experts]
+    int32_t* expert = nullptr;       // [T]
+    float* scale = nullptr;          // [T]
+    int32_t* offsets = nullptr;      // [n_experts + 1]
+    int32_t* permutation = nullptr;  // [T]
+    void* act = nullptr;             // [T, f]
+    void* head_in = nullptr;         // [R, d_model]
+    float* logits = nullptr;         // [R, vocab_size]
+  };
+
+  CudaBackendImpl(const ModelConfig& config, const BackendOptions& options);
+  absl::Status Init(const ModelWeights& weights);
+  absl::Status UploadWeights(const ModelWeights& weights, bool dry_run, size_t* bytes);
+  absl::Status ValidateInput(const StepInput& input) const;
+  absl::Status EnsureWorkspace(int tokens, int logit_rows);
+  absl::Status EnsureMeta(size_t bytes);
+  absl::Status MambaForward(const MambaLayer& l, int T, int S);
+  absl::Status MlpForward(const MlpLayer& l, int T);
+  cuda::StateStorage state_storage() const;
+
+  ModelConfig config_;
+  int num_slots_ = 0;
+  StateDType state_dtype_ = StateDType::kF32;
+  cuda::DType dtype_ = cuda::DType::kBF16;
+  double memory_fraction_ = 0.9;
+  cuda::Stream stream_ = nullptr;
+  std::unique_ptr<cuda::GemmRunner> gemm_;
+
+  cuda::DeviceBuffer weights_;
+  const void* embedding_ = nullptr;    // W [vocab_size, d_model] (tied head)
+  const float* final_norm_ = nullptr;  // F [d_model]
+  const float* final_bias_ = nullptr;  // F [d_model]
+  std::vector<Layer> layers_;
+  cuda::DeviceBuffer state_;           // every Mamba layer's conv + ssm pools
+  cuda::DeviceBuffer routing_counts_;  // u64 [num_moe_layers, n_experts]
+
+  Workspace ws_;
+  // Step metadata: one pinned host buffer mirrored by one device buffer (one H2D copy a step).
+  void* meta_host_ = nullptr;
+  cuda::DeviceBuffer meta_dev_;
+  size_t meta_capacity_ = 0;
+  // Device pointers into meta_dev_ for the current step.
+  const int32_t* d_tokens_ = nullptr;         // [T]
+  const int32_t* d_cu_seqlens_ = nullptr;     // [S + 1]
+  const int32_t* d_slots_ = nullptr;          // [S]
+  const int32_t* d_rows_ = nullptr;           // [R]
+  const int32_t* d_dense_offsets_ = nullptr;  // [2] = {0, T}
+  const uint8_t* d_has_state_ = nullptr;      // [S]
+};
+
+}  // namespace bms

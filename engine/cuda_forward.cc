@@ -1,0 +1,393 @@
+// CUDA backend forward pass (engine/cuda_backend_impl.h): packs the step's chunks (one H2D copy
+// of tokens, cu_seqlens, slots and logits rows), runs every layer on one stream with the
+// kernels/cuda ops and cuBLASLt, and copies back only the requested logits rows (the step's
+// single host sync).
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "engine/cuda_backend_impl.h"
+
+namespace bms {
+namespace {
+
+#define BMS_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    ::absl::Status _bms_status = (expr);       \
+    if (!_bms_status.ok()) return _bms_status; \
+  } while (0)
+
+size_t AlignUp(size_t v) { return (v + 255) / 256 * 256; }
+
+}  // namespace
+
+absl::Status CudaBackendImpl::ValidateInput(const StepInput& input) const {
+  std::vector<uint8_t> used(static_cast<size_t>(num_slots_) + 1, 0);
+  const int64_t n_tokens = static_cast<int64_t>(input.tokens.size());
+  for (size_t i = 0; i < input.seqs.size(); ++i) {
+    const SeqChunk& s = input.seqs[i];
+    const std::string where = absl::StrCat("seqs[", i, "]");
+    if (s.slot < 0 || s.slot > num_slots_)
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".slot = ", s.slot, " is outside [0, ", num_slots_, "]"));
+    if (used[s.slot])
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".slot = ", s.slot, " is used by an earlier chunk of this step"));
+    used[s.slot] = 1;
+    if (s.n_tokens < 1)
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".n_tokens = ", s.n_tokens, " must be >= 1"));
+    if (s.token_offset < 0 || s.token_offset + static_cast<int64_t>(s.n_tokens) > n_tokens)
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, " tokens [", s.token_offset, ", ",
+                       static_cast<int64_t>(s.token_offset) + s.n_tokens,
+                       ") are outside the step's ", n_tokens, " tokens"));
+    if (s.logits != LogitsMode::kNone && s.logits != LogitsMode::kLast &&
+        s.logits != LogitsMode::kAll)
+      return absl::InvalidArgumentError(absl::StrCat(where, ".logits is not a LogitsMode"));
+    for (int t = s.token_offset; t < s.token_offset + s.n_tokens; ++t) {
+      if (input.tokens[t] < 0 || input.tokens[t] >= config_.vocab_size)
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tokens[", t, "] = ", input.tokens[t], " is outside [0, ", config_.vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackendImpl::EnsureWorkspace(int tokens, int logit_rows) {
+  if (tokens <= ws_.tokens && logit_rows <= ws_.logit_rows) return absl::OkStatus();
+  tokens = std::max(tokens, ws_.tokens);
+  logit_rows = std::max(logit_rows, ws_.logit_rows);
+  const ModelConfig& c = config_;
+  const size_t T = tokens, R = logit_rows, e = cuda::DTypeBytes(dtype_);
+  const size_t d = c.d_model, di = c.d_inner(), xdbl = c.dt_rank() + 2 * c.d_state;
+  size_t off = 0;
+  std::vector<std::pair<void**, size_t>> parts;
+  auto add = [&](void** p, size_t bytes) { parts.push_back({p, bytes}); };
+  Workspace w;
+  add(&w.h, T * d * e);
+  add(reinterpret_cast<void**>(&w.residual), T * d * 4);
+  add(&w.x, T * d * e);
+  add(&w.xz, T * 2 * di * e);
+  add(&w.xc, T * di * e);
+  add(&w.dbc, T * xdbl * e);
+  add(&w.dt, T * di * e);
+  add(&w.y, T * di * e);
+  add(reinterpret_cast<void**>(&w.router_logits), T * c.n_experts * 4);
+  add(reinterpret_cast<void**>(&w.expert), T * 4);
+  add(reinterpret_cast<void**>(&w.scale), T * 4);
+  add(reinterpret_cast<void**>(&w.offsets), (c.n_experts + 1) * 4);
+  add(reinterpret_cast<void**>(&w.permutation), T * 4);
+  add(&w.act, T * c.ffn_hidden_size * e);
+  add(&w.head_in, std::max<size_t>(R, 1) * d * e);
+  add(reinterpret_cast<void**>(&w.logits), std::max<size_t>(R, 1) * c.vocab_size * 4);
+  for (auto& [p, bytes] : parts) off += AlignUp(bytes);
+  ws_.buffer = cuda::DeviceBuffer();  // free the old one first
+  auto buf = cuda::DeviceBuffer::Alloc(
+      off, absl::StrCat("activations for ", tokens, " tokens and ", logit_rows, " logits rows"));
+  if (!buf.ok()) {
+    ws_ = Workspace();
+    return buf.status();
+  }
+  w.buffer = std::move(*buf);
+  char* base = w.buffer.as<char>();
+  off = 0;
+  for (auto& [p, bytes] : parts) {
+    *p = base + off;
+    off += AlignUp(bytes);
+  }
+  w.tokens = tokens;
+  w.logit_rows = logit_rows;
+  ws_ = std::move(w);
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackendImpl::EnsureMeta(size_t bytes) {
+  if (bytes <= meta_capacity_) return absl::OkStatus();
+  bytes = std::max(bytes, 2 * meta_capacity_);
+  cuda::FreeHost(meta_host_);
+  meta_host_ = nullptr;
+  meta_capacity_ = 0;
+  auto host = cuda::AllocHost(bytes);
+  if (!host.ok()) return host.status();
+  meta_host_ = *host;
+  auto dev = cuda::DeviceBuffer::Alloc(bytes, "step metadata");
+  if (!dev.ok()) return dev.status();
+  meta_dev_ = std::move(*dev);
+  meta_capacity_ = bytes;
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackendImpl::Forward(const StepInput& input, std::vector<float>* logits) {
+  if (logits == nullptr) return absl::InvalidArgumentError("logits output is null");
+  BMS_RETURN_IF_ERROR(ValidateInput(input));
+  logits->clear();
+  const ModelConfig& c = config_;
+  const int S = static_cast<int>(input.seqs.size());
+
+  // Pack: tokens in chunk order; logits rows in chunk order.
+  std::vector<int32_t> tokens, cu{0}, slots, rows;
+  std::vector<uint8_t> has_state;
+  for (const SeqChunk& s : input.seqs) {
+    const int first_row = static_cast<int>(tokens.size());
+    tokens.insert(tokens.end(), input.tokens.begin() + s.token_offset,
+                  input.tokens.begin() + s.token_offset + s.n_tokens);
+    cu.push_back(static_cast<int32_t>(tokens.size()));
+    slots.push_back(s.slot);
+    has_state.push_back(s.first_chunk ? 0 : 1);
+    if (s.logits == LogitsMode::kAll)
+      for (int t = 0; t < s.n_tokens; ++t) rows.push_back(first_row + t);
+    else if (s.logits == LogitsMode::kLast)
+      rows.push_back(first_row + s.n_tokens - 1);
+  }
+  const int T = static_cast<int>(tokens.size());
+  const int R = static_cast<int>(rows.size());
+  if (T == 0) return absl::OkStatus();
+  BMS_RETURN_IF_ERROR(EnsureWorkspace(T, R));
+
+  // One metadata block: int32 [tokens | cu | slots | rows | dense offsets] then uint8 has_state.
+  const size_t n_i32 = tokens.size() + cu.size() + slots.size() + rows.size() + 2;
+  BMS_RETURN_IF_ERROR(EnsureMeta(n_i32 * 4 + has_state.size()));
+  int32_t* hp = static_cast<int32_t*>(meta_host_);
+  const int32_t* dp = meta_dev_.as<int32_t>();
+  auto put = [&](const std::vector<int32_t>& v, const int32_t** dev) {
+    std::memcpy(hp, v.data(), v.size() * 4);
+    *dev = dp;
+    hp += v.size();
+    dp += v.size();
+  };
+  put(tokens, &d_tokens_);
+  put(cu, &d_cu_seqlens_);
+  put(slots, &d_slots_);
+  put(rows, &d_rows_);
+  put({0, T}, &d_dense_offsets_);
+  std::memcpy(hp, has_state.data(), has_state.size());
+  d_has_state_ = reinterpret_cast<const uint8_t*>(dp);
+  BMS_RETURN_IF_ERROR(
+      cuda::CopyToDeviceAsync(meta_dev_.get(), meta_host_, n_i32 * 4 + has_state.size(), stream_));
+
+  BMS_RETURN_IF_ERROR(cuda::Embedding({.n_tokens = T,
+                                       .d_model = c.d_model,
+                                       .dtype = dtype_,
+                                       .tokens = d_tokens_,
+                                       .table = embedding_,
+                                       .out = ws_.h},
+                                      stream_));
+  for (int i = 0; i < c.num_layers; ++i) {
+    const Layer& l = layers_[i];
+    BMS_RETURN_IF_ERROR(cuda::AddRmsNorm({.n_rows = T,
+                                          .d_model = c.d_model,
+                                          .dtype = dtype_,
+                                          .h = ws_.h,
+                                          .residual = ws_.residual,
+                                          .first_layer = i == 0,
+                                          .weight = l.norm,
+                                          .eps = c.layernorm_epsilon,
+                                          .out = ws_.x},
+                                         stream_));
+    if (l.kind == LayerKind::kMamba)
+      BMS_RETURN_IF_ERROR(MambaForward(l.mamba, T, S));
+    else
+      BMS_RETURN_IF_ERROR(MlpForward(l.mlp, T));
+  }
+
+  if (R > 0) {
+    BMS_RETURN_IF_ERROR(cuda::AddLayerNorm({.n_rows = R,
+                                            .d_model = c.d_model,
+                                            .dtype = dtype_,
+                                            .h = ws_.h,
+                                            .residual = ws_.residual,
+                                            .write_residual = false,
+                                            .rows = d_rows_,
+                                            .weight = final_norm_,
+                                            .bias = final_bias_,
+                                            .eps = c.layernorm_epsilon,
+                                            .out = ws_.head_in},
+                                           stream_));
+    BMS_RETURN_IF_ERROR(gemm_->Linear({.m = R,
+                                       .n = c.vocab_size,
+                                       .k = c.d_model,
+                                       .in_dtype = dtype_,
+                                       .out_dtype = cuda::DType::kF32,
+                                       .x = ws_.head_in,
+                                       .w = embedding_,
+                                       .y = ws_.logits},
+                                      stream_));
+    logits->resize(static_cast<size_t>(R) * c.vocab_size);  // [R, vocab_size]
+    BMS_RETURN_IF_ERROR(
+        cuda::CopyToHostAsync(logits->data(), ws_.logits, logits->size() * 4, stream_));
+  }
+  // The one sync of the step: logits are on the host, state writes are done, and any
+  // asynchronous kernel error surfaces here.
+  return cuda::SynchronizeStream(stream_);
+}
+
+absl::Status CudaBackendImpl::MambaForward(const MambaLayer& l, int T, int S) {
+  const ModelConfig& c = config_;
+  const int d = c.d_model, di = c.d_inner(), n = c.d_state, r = c.dt_rank();
+  const int xdbl = r + 2 * n, e = cuda::DTypeBytes(dtype_);
+  const cuda::StateStorage st = state_storage();
+  char* xz = static_cast<char*>(ws_.xz);
+  char* dbc = static_cast<char*>(ws_.dbc);
+  // [T, 2*d_inner] = x | z
+  BMS_RETURN_IF_ERROR(gemm_->Linear({.m = T,
+                                     .n = 2 * di,
+                                     .k = d,
+                                     .in_dtype = dtype_,
+                                     .out_dtype = dtype_,
+                                     .x = ws_.x,
+                                     .w = l.in_proj,
+                                     .y = ws_.xz},
+                                    stream_));
+  if (l.in_proj_bias)
+    BMS_RETURN_IF_ERROR(cuda::AddBias(T, 2 * di, dtype_, ws_.xz, 0, l.in_proj_bias, stream_));
+  BMS_RETURN_IF_ERROR(cuda::CausalConv1dVarlen({.batch = S,
+                                                .n_tokens = T,
+                                                .d_inner = di,
+                                                .d_conv = c.d_conv,
+                                                .n_slots = num_slots_ + 1,
+                                                .dtype = dtype_,
+                                                .cu_seqlens = d_cu_seqlens_,
+                                                .slots = d_slots_,
+                                                .has_initial_state = d_has_state_,
+                                                .x = ws_.xz,
+                                                .x_stride = 2 * di,
+                                                .weight = l.conv_weight,
+                                                .bias = l.conv_bias,
+                                                .silu = true,
+                                                .out = ws_.xc,
+                                                .conv_state = l.conv_state,
+                                                .conv_state_dtype = st},
+                                               stream_));
+  // [T, dt_rank + 2*d_state] = dt_low | B | C
+  BMS_RETURN_IF_ERROR(gemm_->Linear({.m = T,
+                                     .n = xdbl,
+                                     .k = di,
+                                     .in_dtype = dtype_,
+                                     .out_dtype = dtype_,
+                                     .x = ws_.xc,
+                                     .w = l.x_proj,
+                                     .y = ws_.dbc},
+                                    stream_));
+  // [T, d_inner] dt before bias and softplus
+  BMS_RETURN_IF_ERROR(gemm_->Linear({.m = T,
+                                     .n = di,
+                                     .k = r,
+                                     .in_dtype = dtype_,
+                                     .out_dtype = dtype_,
+                                     .x = ws_.dbc,
+                                     .x_stride = xdbl,
+                                     .w = l.dt_proj,
+                                     .y = ws_.dt},
+                                    stream_));
+  BMS_RETURN_IF_ERROR(cuda::SelectiveScanVarlen({.batch = S,
+                                                 .d_inner = di,
+                                                 .d_state = n,
+                                                 .n_slots = num_slots_ + 1,
+                                                 .dtype = dtype_,
+                                                 .cu_seqlens = d_cu_seqlens_,
+                                                 .slots = d_slots_,
+                                                 .has_initial_state = d_has_state_,
+                                                 .u = ws_.xc,
+                                                 .delta = ws_.dt,
+                                                 .delta_bias = l.dt_bias,
+                                                 .delta_softplus = true,
+                                                 .A = l.A,
+                                                 .B = dbc + static_cast<size_t>(r) * e,
+                                                 .B_stride = xdbl,
+                                                 .C = dbc + static_cast<size_t>(r + n) * e,
+                                                 .C_stride = xdbl,
+                                                 .D = l.D,
+                                                 .z = xz + static_cast<size_t>(di) * e,
+                                                 .z_stride = 2 * di,
+                                                 .out = ws_.y,
+                                                 .ssm_state = l.ssm_state,
+                                                 .ssm_state_dtype = st},
+                                                stream_));
+  BMS_RETURN_IF_ERROR(gemm_->Linear({.m = T,
+                                     .n = d,
+                                     .k = di,
+                                     .in_dtype = dtype_,
+                                     .out_dtype = dtype_,
+                                     .x = ws_.y,
+                                     .w = l.out_proj,
+                                     .y = ws_.h},
+                                    stream_));
+  if (l.out_proj_bias)
+    BMS_RETURN_IF_ERROR(cuda::AddBias(T, d, dtype_, ws_.h, 0, l.out_proj_bias, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackendImpl::MlpForward(const MlpLayer& l, int T) {
+  const ModelConfig& c = config_;
+  const int d = c.d_model, f = c.ffn_hidden_size;
+  const bool moe = l.router != nullptr;
+  const int32_t* offsets = d_dense_offsets_;
+  const int32_t* perm = nullptr;
+  const float* scale = nullptr;
+  if (moe) {
+    BMS_RETURN_IF_ERROR(gemm_->Linear({.m = T,
+                                       .n = l.n_experts,
+                                       .k = d,
+                                       .in_dtype = dtype_,
+                                       .out_dtype = cuda::DType::kF32,
+                                       .x = ws_.x,
+                                       .w = l.router,
+                                       .y = ws_.router_logits},
+                                      stream_));
+    auto* counts =
+        routing_counts_.as<unsigned long long>() + static_cast<size_t>(l.moe_index) * c.n_experts;
+    BMS_RETURN_IF_ERROR(cuda::RouterSelect({.n_tokens = T,
+                                            .n_experts = l.n_experts,
+                                            .logits = ws_.router_logits,
+                                            .bias = l.router_bias,
+                                            .expert = ws_.expert,
+                                            .scale = ws_.scale,
+                                            .routing_counts = counts},
+                                           stream_));
+    BMS_RETURN_IF_ERROR(cuda::MoeGroup({.n_tokens = T,
+                                        .n_experts = l.n_experts,
+                                        .expert = ws_.expert,
+                                        .expert_offsets = ws_.offsets,
+                                        .permutation = ws_.permutation},
+                                       stream_));
+    offsets = ws_.offsets;
+    perm = ws_.permutation;
+    scale = ws_.scale;
+  }
+  const cuda::Activation act =
+      c.mlp_activation == MlpActivation::kSilu ? cuda::Activation::kSilu : cuda::Activation::kGelu;
+  // fc1 + activation (+ gate): [T, f] in grouped order.
+  BMS_RETURN_IF_ERROR(cuda::GroupedGemm(
+      {.n_rows = T,
+       .n_experts = l.n_experts,
+       .n = f,
+       .k = d,
+       .dtype = dtype_,
+       .epilogue = c.swiglu ? cuda::GroupedEpilogue::kGatedAct : cuda::GroupedEpilogue::kAct,
+       .activation = act,
+       .expert_offsets = offsets,
+       .a = ws_.x,
+       .a_rows = perm,
+       .w = l.fc1,
+       .bias = l.fc1_bias,
+       .out = ws_.act},
+      stream_));
+  // fc2, routing scale and un-permute: [T, d_model] in token order.
+  return cuda::GroupedGemm({.n_rows = T,
+                            .n_experts = l.n_experts,
+                            .n = d,
+                            .k = f,
+                            .dtype = dtype_,
+                            .epilogue = cuda::GroupedEpilogue::kScaleScatter,
+                            .expert_offsets = offsets,
+                            .a = ws_.act,
+                            .w = l.fc2,
+                            .bias = l.fc2_bias,
+                            .scale = scale,
+                            .out_rows = perm,
+                            .out = ws_.h},
+                           stream_);
+}
+
+}  // namespace bms

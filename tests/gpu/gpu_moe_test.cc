@@ -1,0 +1,195 @@
+// GPU MoE tests (label gpu): router selection, the device-side grouping (counts, prefix sum,
+// stable permutation) and the grouped expert GEMM (fc1 + gated activation, fc2 + routing scale
+// + un-permute) against the CPU reference, over routing patterns: all tokens on one expert,
+// empty experts, one token, 8192 tokens, ragged counts.
+#include <algorithm>
+#include <numeric>
+#include <tuple>
+
+#include "kernels/cuda/gemm.h"
+#include "tests/gpu/gpu_test_util.h"
+
+namespace bms::gpu_test {
+namespace {
+
+using cuda::DType;
+
+class MoeTest : public ::testing::TestWithParam<DType> {
+ protected:
+  void SetUp() override { BMS_SKIP_WITHOUT_GPU(); }
+  DType dt() const { return GetParam(); }
+  std::vector<float> In(std::vector<float> v) const {
+    return dt() == DType::kBF16 ? RoundBf16(std::move(v)) : v;
+  }
+};
+
+TEST_P(MoeTest, RouterSelectAndGroupMatchReference) {
+  std::mt19937_64 rng(TestSeed());
+  const int n = 3000, e = 8, d = 64;
+  const auto x = RandomVector(rng, n * d, -1, 1), w = RandomVector(rng, e * d, -1, 1);
+  auto bias = RandomVector(rng, e, -0.5, 0.5);
+  bias[5] = bias[2];  // so equal logits below give exactly equal probabilities
+  // Router logits from the reference GEMM (the selection is what is tested here).
+  std::vector<float> logits(n * e);
+  BMS_ASSERT_OK(
+      ref::Linear({.m = n, .n = e, .k = d, .x = x.data(), .w = w.data(), .y = logits.data()}));
+  // Every 10th token gets an exact tie between experts 2 and 5: first index must win.
+  for (int t = 0; t < n; t += 10) {
+    const float top = *std::max_element(logits.begin() + t * e, logits.begin() + (t + 1) * e);
+    logits[t * e + 2] = top + 1.0f;
+    logits[t * e + 5] = top + 1.0f;
+  }
+  DevArray dlogits(logits, DType::kF32), dbias(bias, DType::kF32), dscale(n, DType::kF32);
+  DevInts<int32_t> dexpert(n), doffsets(e + 1), dperm(n);
+  DevInts<unsigned long long> dcounts(std::vector<unsigned long long>(e, 5));
+  BMS_ASSERT_OK(cuda::RouterSelect({.n_tokens = n,
+                                    .n_experts = e,
+                                    .logits = dlogits.f32(),
+                                    .bias = dbias.f32(),
+                                    .expert = dexpert.get(),
+                                    .scale = dscale.f32(),
+                                    .routing_counts = dcounts.get()},
+                                   nullptr));
+  BMS_ASSERT_OK(cuda::MoeGroup({.n_tokens = n,
+                                .n_experts = e,
+                                .expert = dexpert.get(),
+                                .expert_offsets = doffsets.get(),
+                                .permutation = dperm.get()},
+                               nullptr));
+  // Reference: sigmoid + first-index argmax on the same logits (identity weight trick: x = logits).
+  std::vector<float> eye(e * e, 0.f);
+  for (int i = 0; i < e; ++i) eye[i * e + i] = 1.f;
+  std::vector<int32_t> want_expert(n), want_offsets(e + 1), want_perm(n);
+  std::vector<float> want_scale(n);
+  BMS_ASSERT_OK(ref::Router({.n_tokens = n,
+                             .d_model = e,
+                             .n_experts = e,
+                             .x = logits.data(),
+                             .weight = eye.data(),
+                             .bias = bias.data(),
+                             .expert = want_expert.data(),
+                             .scale = want_scale.data()}));
+  BMS_ASSERT_OK(ref::MoeGroup({.n_tokens = n,
+                               .n_experts = e,
+                               .expert = want_expert.data(),
+                               .expert_offsets = want_offsets.data(),
+                               .permutation = want_perm.data()}));
+  EXPECT_EQ(dexpert.Get(n), want_expert);
+  EXPECT_LT(NormalizedError(dscale.Get(), want_scale), 1e-6);
+  EXPECT_EQ(doffsets.Get(e + 1), want_offsets);
+  EXPECT_EQ(dperm.Get(n), want_perm);
+  for (int t = 0; t < n; t += 10) EXPECT_EQ(want_expert[t], 2) << "tie at token " << t;
+  const auto counts = dcounts.Get(e);
+  for (int i = 0; i < e; ++i)
+    EXPECT_EQ(counts[i], 5u + (want_offsets[i + 1] - want_offsets[i])) << "expert " << i;
+}
+
+// Routing patterns for the grouped GEMM.
+std::vector<int32_t> Routing(const std::string& kind, int n, int e, std::mt19937_64& rng) {
+  std::vector<int32_t> ex(n);
+  for (int t = 0; t < n; ++t) {
+    if (kind == "one_expert")
+      ex[t] = 5;
+    else if (kind == "empty_experts")
+      ex[t] = (rng() % 2) ? 1 : 6;
+    else if (kind == "ragged")
+      ex[t] = static_cast<int32_t>(std::min<uint64_t>(rng() % 20, e - 1));
+    else
+      ex[t] = static_cast<int32_t>(rng() % e);
+  }
+  return ex;
+}
+
+TEST_P(MoeTest, GroupedExpertsMatchReference) {
+  std::mt19937_64 rng(TestSeed());
+  const int e = 8;
+  using Case = std::tuple<std::string, int, int, int, bool, ref::Activation, bool>;
+  // (routing, tokens, d_model, ffn, gated, activation, biases)
+  const std::vector<Case> cases = {
+      {"one_expert", 300, 128, 96, true, ref::Activation::kGelu, false},
+      {"empty_experts", 133, 64, 128, true, ref::Activation::kGelu, false},
+      {"uniform", 1, 128, 96, true, ref::Activation::kGelu, false},
+      {"uniform", 8192, 128, 96, true, ref::Activation::kGelu, false},
+      {"ragged", 517, 72, 200, true, ref::Activation::kSilu, true},
+      {"ragged", 211, 64, 80, false, ref::Activation::kGelu, true},
+  };
+  for (const auto& [kind, n, d, f, gated, act, with_bias] : cases) {
+    SCOPED_TRACE(testing::Message() << kind << " n=" << n << " d=" << d << " f=" << f
+                                    << " gated=" << gated << " bias=" << with_bias);
+    const int rows1 = gated ? 2 * f : f;
+    const float ws = 1.0f / std::sqrt(static_cast<float>(d));
+    const auto x = In(RandomVector(rng, n * d, -1, 1));
+    const auto fc1 = In(RandomVector(rng, e * rows1 * d, -ws, ws));
+    const auto fc2 = In(RandomVector(rng, e * d * f, -ws, ws));
+    const auto b1 = RandomVector(rng, e * rows1, -0.2, 0.2),
+               b2 = RandomVector(rng, e * d, -0.2, 0.2);
+    const auto scale = RandomVector(rng, n, 0.1, 1.0);
+    const auto expert = Routing(kind, n, e, rng);
+    DevArray dx(x, dt()), dfc1(fc1, dt()), dfc2(fc2, dt()), db1(b1, DType::kF32),
+        db2(b2, DType::kF32), dscale(scale, DType::kF32), dact(n * f, dt()), dout(n * d, dt());
+    DevInts<int32_t> dexpert(expert), doffsets(e + 1), dperm(n);
+    BMS_ASSERT_OK(cuda::MoeGroup({.n_tokens = n,
+                                  .n_experts = e,
+                                  .expert = dexpert.get(),
+                                  .expert_offsets = doffsets.get(),
+                                  .permutation = dperm.get()},
+                                 nullptr));
+    BMS_ASSERT_OK(cuda::GroupedGemm(
+        {.n_rows = n,
+         .n_experts = e,
+         .n = f,
+         .k = d,
+         .dtype = dt(),
+         .epilogue = gated ? cuda::GroupedEpilogue::kGatedAct : cuda::GroupedEpilogue::kAct,
+         .activation = act,
+         .expert_offsets = doffsets.get(),
+         .a = dx.get(),
+         .a_rows = dperm.get(),
+         .w = dfc1.get(),
+         .bias = with_bias ? db1.f32() : nullptr,
+         .out = dact.get()},
+        nullptr));
+    BMS_ASSERT_OK(cuda::GroupedGemm({.n_rows = n,
+                                     .n_experts = e,
+                                     .n = d,
+                                     .k = f,
+                                     .dtype = dt(),
+                                     .epilogue = cuda::GroupedEpilogue::kScaleScatter,
+                                     .expert_offsets = doffsets.get(),
+                                     .a = dact.get(),
+                                     .w = dfc2.get(),
+                                     .bias = with_bias ? db2.f32() : nullptr,
+                                     .scale = dscale.f32(),
+                                     .out_rows = dperm.get(),
+                                     .out = dout.get()},
+                                    nullptr));
+    std::vector<int32_t> offsets(e + 1), perm(n);
+    BMS_ASSERT_OK(ref::MoeGroup({.n_tokens = n,
+                                 .n_experts = e,
+                                 .expert = expert.data(),
+                                 .expert_offsets = offsets.data(),
+                                 .permutation = perm.data()}));
+    std::vector<float> want(n * d);
+    BMS_ASSERT_OK(
+        ref::MoeExperts({.n_tokens = n,
+                         .n_experts = e,
+                         .shape = {.d_model = d, .ffn = f, .gated = gated, .activation = act},
+                         .x = x.data(),
+                         .expert_offsets = offsets.data(),
+                         .permutation = perm.data(),
+                         .scale = scale.data(),
+                         .fc1 = fc1.data(),
+                         .fc1_bias = with_bias ? b1.data() : nullptr,
+                         .fc2 = fc2.data(),
+                         .fc2_bias = with_bias ? b2.data() : nullptr,
+                         .out = want.data()}));
+    EXPECT_EQ(doffsets.Get(e + 1), offsets);
+    EXPECT_LT(NormalizedError(dout.Get(), want), Tolerance(dt()));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(DTypes, MoeTest, ::testing::Values(DType::kF32, DType::kBF16),
+                         [](const auto& info) { return std::string(DTypeLabel(info.param)); });
+
+}  // namespace
+}  // namespace bms::gpu_test
