@@ -78,6 +78,7 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(const ModelWeight
   }
   std::unique_ptr<CpuBackend> b(new CpuBackend(c, options));
   BMS_RETURN_IF_ERROR(b->LoadWeights(weights));
+  b->memory_bytes_ = b->WeightAndStateBytes();
   return b;
 }
 
@@ -161,6 +162,41 @@ absl::Status CpuBackend::LoadWeights(const ModelWeights& w) {
 }
 
 size_t CpuBackend::state_bytes_per_slot() const { return StateBytesPerSlot(config_, state_dtype_); }
+
+std::vector<std::vector<int64_t>> CpuBackend::ExpertTokenCounts() {
+  std::vector<std::vector<int64_t>> out;
+  for (const Layer& l : layers_) {
+    if (l.kind != LayerKind::kMoe) continue;
+    std::vector<int64_t> counts = l.mlp.routed_tokens;
+    counts.resize(config_.n_experts, 0);
+    out.push_back(std::move(counts));
+  }
+  return out;
+}
+
+size_t CpuBackend::WeightAndStateBytes() const {
+  size_t n = 0;
+  auto add = [&n](const auto& v) { n += v.size() * sizeof(v[0]); };
+  add(embedding_);
+  add(final_norm_);
+  add(final_norm_bias_);
+  for (const Layer& l : layers_) {
+    add(l.norm);
+    const MambaLayer& m = l.mamba;
+    for (const auto* v :
+         {&m.in_proj, &m.in_proj_bias, &m.conv_weight, &m.conv_bias, &m.x_proj, &m.dt_proj,
+          &m.dt_proj_bias, &m.A, &m.D, &m.out_proj, &m.out_proj_bias, &m.conv_f32, &m.ssm_f32}) {
+      add(*v);
+    }
+    add(m.conv_bf16);
+    add(m.ssm_bf16);
+    for (const auto* v : {&l.mlp.fc1, &l.mlp.fc1_bias, &l.mlp.fc2, &l.mlp.fc2_bias, &l.mlp.router,
+                          &l.mlp.router_bias}) {
+      add(*v);
+    }
+  }
+  return n;
+}
 
 ref::StateStorage CpuBackend::state_storage() const {
   return state_dtype_ == StateDType::kF32 ? ref::StateStorage::kF32 : ref::StateStorage::kBF16;
@@ -437,7 +473,7 @@ absl::Status CpuBackend::MambaForward(MambaLayer& ml, const float* x, float* out
                       .y = out});
 }
 
-absl::Status CpuBackend::MoeForward(const MlpLayer& ml, const float* x, float* out) {
+absl::Status CpuBackend::MoeForward(MlpLayer& ml, const float* x, float* out) {
   const int T = batch_.n_tokens, E = config_.n_experts;
   expert_.resize(T);
   scale_.resize(T);
@@ -457,6 +493,8 @@ absl::Status CpuBackend::MoeForward(const MlpLayer& ml, const float* x, float* o
                                      .expert = expert_.data(),
                                      .expert_offsets = offsets_.data(),
                                      .permutation = perm_.data()}));
+  ml.routed_tokens.resize(E, 0);
+  for (int e = 0; e < E; ++e) ml.routed_tokens[e] += offsets_[e + 1] - offsets_[e];
   return ref::MoeExperts({.n_tokens = T,
                           .n_experts = E,
                           .shape = mlp_shape_,

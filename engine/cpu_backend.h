@@ -49,6 +49,10 @@ class CpuBackend : public Backend {
   absl::Status CopyState(int src_slot, int dst_slot) override;
   // slot in [0, num_slots()].
   absl::StatusOr<std::vector<float>> ReadState(int slot) override;
+  // Tokens routed per expert of each MoE layer since creation (warm-up included).
+  std::vector<std::vector<int64_t>> ExpertTokenCounts() override;
+  // Weights and the state pool (fixed at creation; scratch activations not counted).
+  size_t memory_bytes_in_use() const override { return memory_bytes_; }
 
  private:
   struct MambaLayer {
@@ -68,6 +72,7 @@ class CpuBackend : public Backend {
   struct MlpLayer {  // dense MLP, or a MoE layer's experts stacked along a leading [n_experts]
     std::vector<float> fc1, fc1_bias, fc2, fc2_bias;
     std::vector<float> router, router_bias;  // MoE only: [n_experts, d_model], [n_experts]
+    std::vector<int64_t> routed_tokens;      // MoE only: [n_experts] tokens routed (metrics)
   };
   struct Layer {
     LayerKind kind = LayerKind::kMamba;
@@ -80,11 +85,13 @@ class CpuBackend : public Backend {
   absl::Status LoadWeights(const ModelWeights& weights);
   absl::Status ValidateInput(const StepInput& input) const;
   absl::Status MambaForward(MambaLayer& layer, const float* x, float* out);
-  absl::Status MoeForward(const MlpLayer& layer, const float* x, float* out);
+  absl::Status MoeForward(MlpLayer& layer, const float* x, float* out);
   ref::StateStorage state_storage() const;
+  size_t WeightAndStateBytes() const;
 
   ModelConfig config_;
   int num_slots_ = 0;
+  size_t memory_bytes_ = 0;  // weights + state pool, set by Create
   StateDType state_dtype_ = StateDType::kF32;
   std::unique_ptr<ref::ThreadPool> pool_;
   ref::MlpShape mlp_shape_;
