@@ -33,7 +33,7 @@ class CudaBackend : public Backend {
 // options.gpu_memory_fraction of the free device memory; InvalidArgument for a config the
 // kernels do not support (naming the field). Never exits.
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const ModelWeights& weights,
-                                                          const BackendOptions& options);
+                                                           const BackendOptions& options);
 
 // True when a CUDA device can be used; otherwise false with the reason in *why (tests skip on
 // it). Safe to call without a GPU.
