@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/string_view.h"
 #include "tokenizer/added_vocab.h"
 #include "tokenizer/bpe_model.h"
 #include "tokenizer/tokenizer.h"

@@ -17,6 +17,9 @@ namespace {
 
 using Json = nlohmann::json;
 
+// Ids index dense tables; real vocabularies stay far below this.
+constexpr int64_t kMaxTokenId = (int64_t{1} << 21) - 1;
+
 absl::Status Unsupported(const std::string& field, const Json& value) {
   return absl::InvalidArgumentError(
       absl::StrCat("tokenizer JSON: ", field, " ", value.dump().substr(0, 200),
@@ -97,9 +100,9 @@ absl::StatusOr<BpeModel> ParseModel(const Json& root) {
   absl::flat_hash_map<std::string, int32_t> vocab;
   vocab.reserve(model["vocab"].size());
   for (const auto& [token, id] : model["vocab"].items()) {
-    if (!id.is_number_integer()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tokenizer JSON: model.vocab[\"", token, "\"] is not an integer id"));
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > kMaxTokenId) {
+      return absl::InvalidArgumentError(absl::StrCat("tokenizer JSON: model.vocab[\"", token,
+                                                     "\"] is not an id in [0, ", kMaxTokenId, "]"));
     }
     vocab[ByteLevelTokenToBytes(token)] = id.get<int32_t>();
   }
@@ -139,10 +142,11 @@ absl::StatusOr<std::vector<AddedToken>> ParseAddedTokens(const Json& root, bool 
   size_t index = 0;
   for (const Json& t : root["added_tokens"]) {
     if (!t.is_object() || !t.contains("id") || !t["id"].is_number_integer() ||
-        t["id"].get<int64_t>() < 0 || t["id"].get<int64_t>() > (int64_t{1} << 24) ||
+        t["id"].get<int64_t>() < 0 || t["id"].get<int64_t>() > kMaxTokenId ||
         !t.contains("content") || !t["content"].is_string()) {
       return absl::InvalidArgumentError(absl::StrCat("tokenizer JSON: added_tokens[", index,
-                                                     "] needs an id in [0, 2^24] and a content"));
+                                                     "] needs an id in [0, ", kMaxTokenId,
+                                                     "] and a content"));
     }
     AddedToken a;
     a.id = t["id"].get<int32_t>();

@@ -122,6 +122,8 @@ TEST(TokenizerLoad, UnsupportedTypesAreClearErrors) {
       {"/model/merges/7", "a b c", "model.merges[7]"},
       {"/model/vocab", nlohmann::json::array(), "model.vocab"},
       {"/added_tokens/0/id", "zero", "added_tokens[0]"},
+      {"/added_tokens/1/id", 2000000000, "added_tokens[1]"},
+      {"/model/vocab/hello", 2000000000, "model.vocab[\"hello\"]"},
   };
   for (const Edit& e : edits) {
     nlohmann::json j = NeoXJson();
