@@ -85,7 +85,7 @@ absl::StatusOr<TensorMap> ReadTorchCheckpoint(const std::string& path) {
     }
     auto bytes = zip->Data(prefix + "data/" + pt.storage_key);
     if (!bytes.ok()) return where(std::string(bytes.status().message()));
-    if (bytes->size() < static_cast<uint64_t>(pt.storage_numel) * esize) {
+    if (static_cast<uint64_t>(pt.storage_numel) > bytes->size() / esize) {
       return where(absl::StrCat("storage data/", pt.storage_key, " holds ", bytes->size(),
                                 " bytes, expected ", pt.storage_numel * esize, " (truncated)"));
     }

@@ -244,6 +244,61 @@ TEST(WeightsErrors, MalformedPickles) {
               HasSubstr("not a dict of tensors"));
 }
 
+// data.pkl of {"model": {"w": <tensor>}} with every integer as an 8-byte LONG1.
+std::string TensorPickle(const std::string& storage_type, int64_t storage_numel, int64_t offset,
+                         const std::vector<int64_t>& shape, const std::vector<int64_t>& stride) {
+  auto num = [](int64_t v) {
+    std::string b = "\x8a\x08"s;
+    for (int i = 0; i < 8; ++i)
+      b.push_back(static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xFF));
+    return b;
+  };
+  auto str = [](const std::string& v) {
+    std::string b = "X";
+    for (int i = 0; i < 4; ++i) b.push_back(static_cast<char>((v.size() >> (8 * i)) & 0xFF));
+    return b + v;
+  };
+  std::string p = "\x80\x02}"s + str("model") + "}" + str("w");
+  p += "ctorch._utils\n_rebuild_tensor_v2\n((" + str("storage") + "ctorch\n" + storage_type + "\n";
+  p += str("0") + str("cpu") + num(storage_numel) + "tQ" + num(offset) + "(";
+  for (int64_t v : shape) p += num(v);
+  p += "t(";
+  for (int64_t v : stride) p += num(v);
+  p += "t\x89" "ccollections\nOrderedDict\n)RtRss.";
+  return p;
+}
+
+TEST(WeightsErrors, BadTensorViewsInPickle) {
+  ScratchDir dir;
+  std::string path = dir / "pytorch_model.bin";
+  std::string storage;  // 16 floats 0..15
+  for (int i = 0; i < 16; ++i) {
+    float f = static_cast<float>(i);
+    storage.append(reinterpret_cast<const char*>(&f), 4);
+  }
+  auto read = [&](const std::string& pkl) {
+    EXPECT_TRUE(WriteStoredZip(path, {{"a/data.pkl", pkl}, {"a/data/0", storage}}).ok());
+    return ReadTorchCheckpoint(path);
+  };
+  auto ok = read(TensorPickle("FloatStorage", 16, 4, {3, 4}, {4, 1}));
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->at("w").shape, (std::vector<int64_t>{3, 4}));
+  EXPECT_EQ(ok->at("w").At(0), 4.0f);  // storage offset 4
+  EXPECT_EQ(ok->at("w").At(11), 15.0f);
+  EXPECT_THAT(Message(read(TensorPickle("FloatStorage", int64_t{1} << 62, 0, {4}, {1})).status()),
+              HasSubstr("(truncated)"));
+  EXPECT_THAT(Message(read(TensorPickle("FloatStorage", 16, 8, {3, 4}, {4, 1})).status()),
+              HasSubstr("storage offset 8 + 12 elements exceed its storage of 16"));
+  EXPECT_THAT(Message(read(TensorPickle("FloatStorage", 16, -1, {4}, {1})).status()),
+              HasSubstr("storage offset -1"));
+  EXPECT_THAT(Message(read(TensorPickle("FloatStorage", 16, 0, {4, 4}, {1, 4})).status()),
+              HasSubstr("tensor 'w': is not contiguous"));
+  EXPECT_THAT(Message(read(TensorPickle("LongStorage", 8, 0, {8}, {1})).status()),
+              HasSubstr("pickle GLOBAL 'torch LongStorage' is not allowed"));
+  EXPECT_THAT(Message(read(TensorPickle("FloatStorage", 16, 0, {4, -4}, {1, 1})).status()),
+              HasSubstr("bad shape"));
+}
+
 TEST(WeightsErrors, CompressedZipEntry) {
   ScratchDir dir;
   ASSERT_TRUE(MakeModel(Tiny(), {.format = CheckpointFormat::kTorch}, dir.path()).ok());
