@@ -266,8 +266,8 @@ absl::Status CudaBackendImpl::UploadWeights(const ModelWeights& w, bool dry_run,
     MlpLayer& ml = l.mlp;
     ml.n_experts = static_cast<int>(count);
     if (moe) {
-      BMS_ASSIGN(ml.router, pk.Put(lw.moe.router, e_count * d, false, p + "mixer.router.weight"),
-                 const void*);
+      BMS_ASSIGN(ml.router, pk.Put(lw.moe.router, e_count * d, true, p + "mixer.router.weight"),
+                 const float*);
       BMS_ASSIGN(ml.router_bias,
                  pk.PutOptional({&lw.moe.router_bias}, e_count, p + "mixer.router.bias"),
                  const float*);

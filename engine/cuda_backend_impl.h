@@ -55,7 +55,7 @@ class CudaBackendImpl : public CudaBackend {
   struct MlpLayer {
     int n_experts = 1;                   // 1 for a dense layer
     int moe_index = -1;                  // index among MoE layers (routing counters)
-    const void* router = nullptr;        // W [n_experts, d_model]
+    const float* router = nullptr;       // F [n_experts, d_model] (routing decided in fp32)
     const float* router_bias = nullptr;  // F [n_experts]
     const void* fc1 = nullptr;           // W [n_experts, fc1_rows, d_model]
     const float* fc1_bias = nullptr;     // F [n_experts, fc1_rows]
@@ -76,6 +76,7 @@ class CudaBackendImpl : public CudaBackend {
     void* h = nullptr;               // [T, d_model]
     float* residual = nullptr;       // [T, d_model]
     void* x = nullptr;               // [T, d_model]
+    float* x_f32 = nullptr;          // [T, d_model] fp32 copy of x: the router input
     void* xz = nullptr;              // [T, 2*d_inner]
     void* xc = nullptr;              // [T, d_inner]
     void* dbc = nullptr;             // [T, dt_rank + 2*d_state]

@@ -68,6 +68,7 @@ absl::Status CudaBackendImpl::EnsureWorkspace(int tokens, int logit_rows) {
   add(&w.h, T * d * e);
   add(reinterpret_cast<void**>(&w.residual), T * d * 4);
   add(&w.x, T * d * e);
+  add(reinterpret_cast<void**>(&w.x_f32), T * d * 4);
   add(&w.xz, T * 2 * di * e);
   add(&w.xc, T * di * e);
   add(&w.dbc, T * xdbl * e);
@@ -175,16 +176,18 @@ absl::Status CudaBackendImpl::Forward(const StepInput& input, std::vector<float>
                                       stream_));
   for (int i = 0; i < c.num_layers; ++i) {
     const Layer& l = layers_[i];
-    BMS_RETURN_IF_ERROR(cuda::AddRmsNorm({.n_rows = T,
-                                          .d_model = c.d_model,
-                                          .dtype = dtype_,
-                                          .h = ws_.h,
-                                          .residual = ws_.residual,
-                                          .first_layer = i == 0,
-                                          .weight = l.norm,
-                                          .eps = c.layernorm_epsilon,
-                                          .out = ws_.x},
-                                         stream_));
+    BMS_RETURN_IF_ERROR(
+        cuda::AddRmsNorm({.n_rows = T,
+                          .d_model = c.d_model,
+                          .dtype = dtype_,
+                          .h = ws_.h,
+                          .residual = ws_.residual,
+                          .first_layer = i == 0,
+                          .weight = l.norm,
+                          .eps = c.layernorm_epsilon,
+                          .out = ws_.x,
+                          .out_f32 = l.kind == LayerKind::kMoe ? ws_.x_f32 : nullptr},
+                         stream_));
     if (l.kind == LayerKind::kMamba)
       BMS_RETURN_IF_ERROR(MambaForward(l.mamba, T, S));
     else
@@ -329,9 +332,9 @@ absl::Status CudaBackendImpl::MlpForward(const MlpLayer& l, int T) {
     BMS_RETURN_IF_ERROR(gemm_->Linear({.m = T,
                                        .n = l.n_experts,
                                        .k = d,
-                                       .in_dtype = dtype_,
+                                       .in_dtype = cuda::DType::kF32,
                                        .out_dtype = cuda::DType::kF32,
-                                       .x = ws_.x,
+                                       .x = ws_.x_f32,
                                        .w = l.router,
                                        .y = ws_.router_logits},
                                       stream_));

@@ -66,6 +66,7 @@ __global__ void __launch_bounds__(kNormThreads) AddNormKernel(AddNormParams p) {
     float y = (row[c] - mean) * inv * p.weight[c];
     if (kLayerNorm && p.bias) y += p.bias[c];
     out[c] = FromF32<T>(y);
+    if (p.out_f32) p.out_f32[static_cast<int64_t>(i) * d + c] = y;
   }
 }
 

@@ -51,7 +51,8 @@ struct AddNormParams {
   const float* weight = nullptr;  // [d_model]
   const float* bias = nullptr;    // [d_model] LayerNorm only, or null
   float eps = 1e-5f;
-  void* out = nullptr;  // [n_rows, d_model]
+  void* out = nullptr;       // [n_rows, d_model]
+  float* out_f32 = nullptr;  // [n_rows, d_model] optional fp32 copy of out (router input)
 };
 absl::Status AddRmsNorm(const AddNormParams& p, Stream stream);
 absl::Status AddLayerNorm(const AddNormParams& p, Stream stream);

@@ -57,7 +57,8 @@ TEST_P(OpsTest, AddRmsNormMatchesReference) {
     const auto h = In(RandomVector(rng, n * d, -2, 2));
     const auto res0 = RandomVector(rng, n * d, -2, 2);
     const auto w = RandomVector(rng, d, 0.5, 1.5);
-    DevArray dh(h, dt()), dres(res0, DType::kF32), dw(w, DType::kF32), dout(n * d, dt());
+    DevArray dh(h, dt()), dres(res0, DType::kF32), dw(w, DType::kF32), dout(n * d, dt()),
+        dout32(n * d, DType::kF32);
     BMS_ASSERT_OK(cuda::AddRmsNorm({.n_rows = n,
                                     .d_model = d,
                                     .dtype = dt(),
@@ -66,7 +67,8 @@ TEST_P(OpsTest, AddRmsNormMatchesReference) {
                                     .first_layer = first,
                                     .weight = dw.f32(),
                                     .eps = 1e-5f,
-                                    .out = dout.get()},
+                                    .out = dout.get(),
+                                    .out_f32 = dout32.f32()},
                                    nullptr));
     std::vector<float> res = res0, want(n * d);
     BMS_ASSERT_OK(ref::AddRmsNorm({.n_tokens = n,
@@ -78,6 +80,7 @@ TEST_P(OpsTest, AddRmsNormMatchesReference) {
                                    .eps = 1e-5f,
                                    .out = want.data()}));
     EXPECT_LT(NormalizedError(dres.Get(), res), 1e-6) << "first_layer=" << first;
+    EXPECT_LT(NormalizedError(dout32.Get(), want), 1e-5) << "fp32 copy, first_layer=" << first;
     EXPECT_LT(NormalizedError(dout.Get(), want), Tolerance(dt())) << "first_layer=" << first;
   }
 }
