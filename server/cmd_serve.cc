@@ -17,6 +17,7 @@
 #include "engine/model_weights.h"
 #include "server/commands.h"
 #include "server/flags.h"
+#include "server/grpc_server.h"
 #include "server/http_log.h"
 #include "server/http_server.h"
 #include "server/openai_handlers.h"
@@ -51,6 +52,8 @@ struct ServeFlags {
   int demo_seed = 1;
   int cpu_threads = 0;
   std::string fault_injection;
+  int grpc_port = 50051;
+  int64_t grpc_max_message_bytes = 4 << 20;
 };
 
 void Register(FlagSet& f, ServeFlags& v) {
@@ -80,6 +83,9 @@ void Register(FlagSet& f, ServeFlags& v) {
   f.Int("demo-seed", &v.demo_seed, "seed of the demo model's random weights");
   f.Int("cpu-threads", &v.cpu_threads, "CPU backend threads (0 = all cores)");
   f.String("fault-injection", &v.fault_injection, "test only: step-fail:N");
+  f.Int("grpc-port", &v.grpc_port, "gRPC (bmserve.v1) port on --host (0 = any free port)");
+  f.Int64("grpc-max-message-bytes", &v.grpc_max_message_bytes,
+          "larger gRPC request messages get RESOURCE_EXHAUSTED");
 }
 
 std::chrono::milliseconds Ms(double seconds) {
@@ -223,6 +229,17 @@ int ServeCommand(const Args& args) {
     return Fail(s);
   }
 
+  GrpcServerOptions go;
+  go.host = v.host;
+  go.port = v.grpc_port;
+  go.max_message_bytes = v.grpc_max_message_bytes;
+  auto grpc = StartGrpcServer(ctx, go);
+  if (!grpc.ok()) {
+    http.Stop();
+    (*engine)->Stop();
+    return Fail(grpc.status());
+  }
+
   LogLine(absl::StrCat("bmserve serve: config ", absl::StrJoin(flags.EffectiveValues(), " ")));
   LogLine(absl::StrCat(
       "bmserve serve: model=", v.served_model_name,
@@ -230,6 +247,7 @@ int ServeCommand(const Args& args) {
       " d_model=", config.d_model, " vocab=", config.vocab_size, " tokenizer=", tokenizer->name(),
       " backend=", v.backend, " slots=", bo.num_slots, " state_bytes_per_slot=", slot_bytes));
   LogLine(absl::StrCat("bmserve serve: listening on http://", v.host, ":", http.port()));
+  LogLine(absl::StrCat("bmserve serve: listening on grpc://", v.host, ":", (*grpc)->port()));
 
   // Wait for SIGINT/SIGTERM, then drain.
   boost::asio::io_context signals_ioc;
@@ -238,14 +256,16 @@ int ServeCommand(const Args& args) {
   signals_ioc.run();
   LogLine("bmserve serve: shutting down (draining)");
   ctx.draining.store(true);
+  (*grpc)->UpdateHealth();  // gRPC health NOT_SERVING now
   http.StopAccepting();
   auto deadline = std::chrono::steady_clock::now() + Ms(v.drain_timeout);
-  while (http.counters().active_requests.load() > 0 &&
+  while ((http.counters().active_requests.load() > 0 || (*grpc)->active_calls() > 0) &&
          std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   (*engine)->Stop();  // what still runs finishes with "abort"
   std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let final frames flush
+  (*grpc)->Shutdown(std::chrono::milliseconds(200));
   http.Stop();
   LogLine("bmserve serve: stopped");
   return 0;

@@ -68,9 +68,10 @@ struct ReactorLink {
 
 class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateResponse> {
  public:
-  GenerateReactor(ServerContext& ctx, GrpcWorkQueue& queue, grpc::CallbackServerContext* call,
-                  const pb::GenerateRequest& request)
-      : ctx_(ctx), queue_(queue), tokenizer_(*ctx.tokenizer) {
+  GenerateReactor(ServerContext& ctx, GrpcWorkQueue& queue, std::atomic<int64_t>& active_calls,
+                  grpc::CallbackServerContext* call, const pb::GenerateRequest& request)
+      : ctx_(ctx), queue_(queue), active_calls_(active_calls), tokenizer_(*ctx.tokenizer) {
+    active_calls_.fetch_add(1);
     if (!ctx.Ready()) {
       FinishEarly(grpc::Status(grpc::StatusCode::UNAVAILABLE, ctx.draining.load()
                                                                   ? "the server is draining"
@@ -132,6 +133,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       link_->reactor = nullptr;
     }
     if (channel_ && choices_ && !choices_->AllFinished()) channel_->Abandon();
+    active_calls_.fetch_sub(1);
     Unref();
   }
 
@@ -258,6 +260,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
 
   ServerContext& ctx_;
   GrpcWorkQueue& queue_;
+  std::atomic<int64_t>& active_calls_;
   const Tokenizer& tokenizer_;
   std::string request_id_;
   bool stream_ = false;
@@ -286,9 +289,9 @@ void ReactorLink::Notify() {
 }  // namespace
 
 grpc::ServerWriteReactor<pb::GenerateResponse>* NewGenerateReactor(
-    ServerContext& ctx, GrpcWorkQueue& queue, grpc::CallbackServerContext* call,
-    const pb::GenerateRequest& request) {
-  return new GenerateReactor(ctx, queue, call, request);
+    ServerContext& ctx, GrpcWorkQueue& queue, std::atomic<int64_t>& active_calls,
+    grpc::CallbackServerContext* call, const pb::GenerateRequest& request) {
+  return new GenerateReactor(ctx, queue, active_calls, call, request);
 }
 
 }  // namespace bms

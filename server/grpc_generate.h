@@ -40,8 +40,9 @@ class GrpcWorkQueue {
 };
 
 // Creates the reactor for one Generate call (gRPC owns it; it deletes itself when done).
+// `active_calls` counts calls from creation to OnDone (for draining); it must outlive them.
 grpc::ServerWriteReactor<bmserve::v1::GenerateResponse>* NewGenerateReactor(
-    ServerContext& ctx, GrpcWorkQueue& queue, grpc::CallbackServerContext* call,
-    const bmserve::v1::GenerateRequest& request);
+    ServerContext& ctx, GrpcWorkQueue& queue, std::atomic<int64_t>& active_calls,
+    grpc::CallbackServerContext* call, const bmserve::v1::GenerateRequest& request);
 
 }  // namespace bms

@@ -28,11 +28,6 @@ const char* LayerCode(LayerKind kind) {
   return "?";
 }
 
-grpc::Status Unavailable(const ServerContext& ctx) {
-  return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                      ctx.draining.load() ? "the server is draining" : "the engine is not ready");
-}
-
 }  // namespace
 
 // The unary methods; Generate hands off to its reactor.
@@ -41,9 +36,11 @@ class InferenceServiceImpl final : public pb::Inference::CallbackService {
   InferenceServiceImpl(ServerContext& ctx, GrpcWorkQueue& queue, int64_t max_message_bytes)
       : ctx_(ctx), queue_(queue), max_message_bytes_(max_message_bytes) {}
 
+  int64_t active_calls() const { return active_calls_.load(); }
+
   grpc::ServerWriteReactor<pb::GenerateResponse>* Generate(
       grpc::CallbackServerContext* call, const pb::GenerateRequest* request) override {
-    return NewGenerateReactor(ctx_, queue_, call, *request);
+    return NewGenerateReactor(ctx_, queue_, active_calls_, call, *request);
   }
 
   grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* call,
@@ -150,9 +147,14 @@ class InferenceServiceImpl final : public pb::Inference::CallbackService {
   ServerContext& ctx_;
   GrpcWorkQueue& queue_;
   int64_t max_message_bytes_;
+  std::atomic<int64_t> active_calls_{0};  // Generate calls not yet done
 };
 
 GrpcServer::GrpcServer(ServerContext& ctx) : ctx_(ctx) {}
+
+int64_t GrpcServer::active_calls() const {
+  return service_ != nullptr ? service_->active_calls() : 0;
+}
 
 GrpcServer::~GrpcServer() { Shutdown(std::chrono::milliseconds(0)); }
 

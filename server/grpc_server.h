@@ -38,6 +38,8 @@ class GrpcServer {
   ~GrpcServer();  // Shutdown(0) if not done yet
 
   int port() const { return port_; }
+  // Generate calls in progress (drain waits for these to reach 0). Thread-safe.
+  int64_t active_calls() const;
   // Re-reads ServerContext::Ready() into the health service now (it is also polled every
   // 50 ms); call it right after setting ServerContext::draining.
   void UpdateHealth();
