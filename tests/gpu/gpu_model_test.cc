@@ -14,7 +14,9 @@
 namespace bms::gpu_test {
 namespace {
 
-ModelConfig MidConfig() {
+// mid_dense: the mid model with dense MLP ("1") layers instead of MoE: no routing decisions, so
+// bf16 error is not amplified by tokens switching experts.
+ModelConfig MidConfig(bool dense = false) {
   ModelConfig c = *ModelConfig::Preset("tiny");
   c.num_layers = 6;
   c.d_model = 256;
@@ -22,7 +24,8 @@ ModelConfig MidConfig() {
   c.vocab_size = 2048;
   c.layers.clear();
   for (int i = 0; i < c.num_layers; ++i)
-    c.layers.push_back(i % 2 ? LayerKind::kMoe : LayerKind::kMamba);
+    c.layers.push_back(i % 2 ? (dense ? LayerKind::kDenseMlp : LayerKind::kMoe)
+                             : LayerKind::kMamba);
   return c;
 }
 
@@ -54,7 +57,8 @@ class ModelTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override { BMS_SKIP_WITHOUT_GPU(); }
   ModelConfig Config() const {
-    return GetParam() == "tiny" ? *ModelConfig::Preset("tiny") : MidConfig();
+    if (GetParam() == "tiny") return *ModelConfig::Preset("tiny");
+    return MidConfig(GetParam() == "mid_dense");
   }
 };
 
@@ -233,8 +237,16 @@ TEST_P(ModelTest, Bf16LogitsCloseToFp32Reference) {
               << "; vs original fp32 weights: error " << b.err << ", top-1 " << b.agree << "/"
               << b.rows << "; (weight rounding alone, CPU: error " << q.err << ", top-1 " << q.agree
               << ")" << std::endl;
-    EXPECT_LT(a.err, 2e-2);
-    EXPECT_GE(a.agree, 990);
+    if (c.num_moe_layers() == 0) {
+      EXPECT_LT(a.err, 2e-2);
+      EXPECT_GE(a.agree, 990);
+    } else {
+      // With top-1 routing, a bf16-sized perturbation moves some tokens to another expert, which
+      // changes their output wholesale; on random models that dominates. Bound the GPU's
+      // deviation by what rounding the weights alone does to the fp32 CPU model.
+      EXPECT_LT(a.err, std::max(2e-2, 2 * q.err));
+      EXPECT_GE(a.agree, std::min(990, q.agree - 30));
+    }
   }
 }
 
@@ -283,7 +295,8 @@ TEST_P(ModelTest, StateCopyRoutingCountsAndValidation) {
   EXPECT_EQ(*p.gpu->ReadState(2), *before);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, ModelTest, ::testing::Values("tiny", "mid"));
+INSTANTIATE_TEST_SUITE_P(Models, ModelTest, ::testing::Values("tiny", "mid", "mid_dense"),
+                         [](const auto& info) { return std::string(info.param); });
 
 TEST(CudaBackendStartup, OversizedStatePoolIsAClearError) {
   BMS_SKIP_WITHOUT_GPU();

@@ -19,7 +19,9 @@ BIN=/work/main/build-cuda/tests/gpu
 SAN_TIMEOUT=${SAN_TIMEOUT:-200}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/summary.txt"
 
-(cd "$BIN" && ctest -L gpu -V --timeout 300) > "$OUT/ctest.log" 2>&1
+# The opt-in full-size preset smoke test runs here (BMS_GPU_PRESET; not under the sanitizers).
+(cd "$BIN" && BMS_GPU_PRESET=${BMS_GPU_PRESET-blackmamba-1.5b} ctest -L gpu -V --timeout 300) \
+  > "$OUT/ctest.log" 2>&1
 ctest_rc=$?
 for tool in memcheck racecheck; do
   : > "$OUT/$tool.log"
@@ -37,7 +39,7 @@ done
   echo "---- GPU test summary ----"
   grep -E "tests passed|tests failed" "$OUT/ctest.log"
   grep -E "^\s*[0-9]+ - .*\((Failed|Timeout|SEGFAULT|Subprocess|Exception)" "$OUT/ctest.log" | head -20
-  grep -hE "\[ (fp32|bf16) \]" "$OUT/ctest.log" | sed 's/^[0-9]*: //' | sort -u
+  grep -hE "\[ (fp32|bf16|preset) \]" "$OUT/ctest.log" | sed 's/^[0-9]*: //' | sort -u
   for tool in memcheck racecheck; do
     grep -E "^=== $tool .* exit" "$OUT/$tool.log"
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | sort | uniq -c

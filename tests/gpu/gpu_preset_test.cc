@@ -1,0 +1,94 @@
+// Opt-in GPU smoke test on a full-size preset (label gpu): set BMS_GPU_PRESET=blackmamba-1.5b (or
+// -2.8b) to run it; otherwise it skips. Random weights of the preset's shapes: the bf16 CUDA
+// backend's last-token logits for a mixed prefill step are compared with the fp32 CPU backend
+// (normalized error and top-1 printed; top-1 asserted on most rows), then prefill and decode
+// step times are printed for information (no timing assertions).
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+
+#include "engine/cpu_backend.h"
+#include "engine/cuda_backend.h"
+#include "engine/model_weights.h"
+#include "tests/gpu/gpu_test_util.h"
+
+namespace bms::gpu_test {
+namespace {
+
+double Seconds(std::chrono::steady_clock::time_point a) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count();
+}
+
+TEST(PresetSmoke, Bf16MatchesCpuAndReportsStepTimes) {
+  BMS_SKIP_WITHOUT_GPU();
+  const char* preset = std::getenv("BMS_GPU_PRESET");
+  if (preset == nullptr) GTEST_SKIP() << "set BMS_GPU_PRESET=blackmamba-1.5b to run";
+  auto config = ModelConfig::Preset(preset);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const ModelConfig& c = *config;
+  auto t0 = std::chrono::steady_clock::now();
+  const ModelWeights w = MakeRandomWeights(c, 11);
+  std::cout << "[ preset ] " << preset << ": random weights in " << Seconds(t0) << " s\n";
+  BackendOptions o;
+  o.num_slots = 256;
+  t0 = std::chrono::steady_clock::now();
+  auto gpu = CreateCudaBackend(w, o);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  std::cout << "[ preset ] CUDA backend start-up " << Seconds(t0) << " s\n";
+  auto cpu = CpuBackend::Create(w, o);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+
+  // Mixed step: 4 prompts of different lengths, last-token logits.
+  std::mt19937_64 rng(5);
+  std::vector<int32_t> toks;
+  std::vector<SeqChunk> seqs;
+  for (int s = 0; s < 4; ++s) {
+    const int len = 1 + s * 21;
+    seqs.push_back({.slot = 7 * s, .token_offset = static_cast<int>(toks.size()), .n_tokens = len});
+    for (int i = 0; i < len; ++i) toks.push_back(static_cast<int32_t>(rng() % c.vocab_size));
+  }
+  std::vector<float> lc, lg;
+  ASSERT_TRUE((*cpu)->Forward({toks, seqs}, &lc).ok());
+  const absl::Status st = (*gpu)->Forward({toks, seqs}, &lg);
+  ASSERT_TRUE(st.ok()) << st;
+  int agree = 0;
+  for (int r = 0; r < 4; ++r) {
+    const float* a = &lc[static_cast<size_t>(r) * c.vocab_size];
+    const float* b = &lg[static_cast<size_t>(r) * c.vocab_size];
+    agree += std::max_element(a, a + c.vocab_size) - a == std::max_element(b, b + c.vocab_size) - b;
+  }
+  std::cout << "[ preset ] bf16 vs fp32 CPU: logits normalized error " << NormalizedError(lg, lc)
+            << ", top-1 " << agree << "/4\n";
+  EXPECT_GE(agree, 3);
+
+  // Prefill timing: one 2048-token prompt.
+  std::vector<int32_t> prompt(2048);
+  for (auto& t : prompt) t = static_cast<int32_t>(rng() % c.vocab_size);
+  const std::vector<SeqChunk> one = {{.slot = 100, .n_tokens = 2048}};
+  ASSERT_TRUE((*gpu)->Forward({prompt, one}, &lg).ok());  // warm-up (workspace, GEMM plans)
+  t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE((*gpu)->Forward({prompt, one}, &lg).ok());
+  const double prefill = Seconds(t0) / 3;
+  std::cout << "[ preset ] prefill 2048 tokens: " << prefill * 1e3 << " ms (" << 2048 / prefill
+            << " tokens/s)\n";
+
+  // Decode timing: batch sizes 1, 32, 128, one token per sequence per step.
+  for (int batch : {1, 32, 128}) {
+    std::vector<int32_t> dt(batch);
+    std::vector<SeqChunk> ds;
+    for (int b = 0; b < batch; ++b) {
+      dt[b] = static_cast<int32_t>(rng() % c.vocab_size);
+      ds.push_back({.slot = b, .token_offset = b, .n_tokens = 1, .first_chunk = false});
+    }
+    ASSERT_TRUE((*gpu)->Forward({dt, ds}, &lg).ok());
+    t0 = std::chrono::steady_clock::now();
+    const int steps = 10;
+    for (int i = 0; i < steps; ++i) ASSERT_TRUE((*gpu)->Forward({dt, ds}, &lg).ok());
+    const double step = Seconds(t0) / steps;
+    std::cout << "[ preset ] decode batch " << batch << ": " << step * 1e3 << " ms/step ("
+              << batch / step << " tokens/s, no CUDA graphs)\n";
+  }
+}
+
+}  // namespace
+}  // namespace bms::gpu_test
