@@ -153,6 +153,12 @@ absl::Status Linear(const LinearParams& p) {
   if (ldx < p.k) return absl::InvalidArgumentError("Linear: x_stride < k");
   if (ldy < p.n) return absl::InvalidArgumentError("Linear: y_stride < n");
   float beta = 0.f;
+  if (p.m == 1) {  // one row (decode, single-token experts): GEMV reads w once, no packing
+    if (p.bias != nullptr) std::memcpy(p.y, p.bias, sizeof(float) * p.n);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, p.n, p.k, 1.f, p.w, p.k, p.x, 1,
+                p.bias != nullptr ? 1.f : 0.f, p.y, 1);
+    return absl::OkStatus();
+  }
   if (p.bias != nullptr) {
     for (int i = 0; i < p.m; ++i) std::memcpy(p.y + i * ldy, p.bias, sizeof(float) * p.n);
     beta = 1.f;

@@ -68,8 +68,8 @@ absl::Status AddRmsNorm(const AddNormParams& p);
 absl::Status AddLayerNorm(const AddNormParams& p);
 
 // ---------------------------------------------------------------------------------------------
-// Linear: y[m, n] = x[m, k] @ w[n, k]^T (+ bias[n]), through cblas_sgemm. Row strides in
-// elements (0 = contiguous). y must not overlap x or w.
+// Linear: y[m, n] = x[m, k] @ w[n, k]^T (+ bias[n]), through cblas_sgemm (sgemv when m == 1). Row
+// strides in elements (0 = contiguous). y must not overlap x or w.
 struct LinearParams {
   int m = 0;                 // rows (tokens)
   int n = 0;                 // output features
