@@ -264,7 +264,8 @@ std::string TensorPickle(const std::string& storage_type, int64_t storage_numel,
   for (int64_t v : shape) p += num(v);
   p += "t(";
   for (int64_t v : stride) p += num(v);
-  p += "t\x89" "ccollections\nOrderedDict\n)RtRss.";
+  p += "t\x89"
+       "ccollections\nOrderedDict\n)RtRss.";
   return p;
 }
 

@@ -212,8 +212,9 @@ TEST(RandomWeights, DeterministicAndMambaInit) {
   };
   EXPECT_NEAR(std_of(a.embedding), 1.0 / 8.0, 0.01);              // 1/sqrt(d_model = 64)
   EXPECT_NEAR(std_of(m.in_proj), 1.0 / 8.0, 0.01);                // fan_in 64
-  EXPECT_NEAR(std_of(m.out_proj), 1.0 / std::sqrt(128.0), 0.01);  // fan_in d_inner = 128
-  EXPECT_NEAR(std_of(a.layers[1].moe.experts[3].fc2), 1.0 / std::sqrt(128.0), 0.01);  // fan_in f
+  EXPECT_NEAR(std_of(m.out_proj), 4.0 / std::sqrt(128.0), 0.03);  // gain 4, fan_in d_inner 128
+  EXPECT_NEAR(std_of(a.layers[1].moe.experts[3].fc2), 4.0 / std::sqrt(128.0),
+              0.03);  // gain 4, fan_in f
   double router_bias_max = 0;
   for (float v : a.layers[1].moe.router_bias.ToF32())
     router_bias_max = std::max(router_bias_max, std::fabs(double(v)));
