@@ -36,6 +36,16 @@ bool HttpRouter::Matches(const Route& r, const std::string& path) const {
                   : path == r.path;
 }
 
+std::string HttpRouter::RouteLabel(const std::string& path) const {
+  const Route* prefix_hit = nullptr;
+  for (const Route& r : routes_) {
+    if (!Matches(r, path)) continue;
+    if (!r.prefix) return r.path;
+    if (prefix_hit == nullptr) prefix_hit = &r;
+  }
+  return prefix_hit != nullptr ? absl::StrCat(prefix_hit->path, "{id}") : "unmatched";
+}
+
 void HttpRouter::Dispatch(const HttpRequest& request, HttpResponder& responder) const {
   std::vector<std::string> allowed;
   const Route* hit = nullptr;

@@ -26,6 +26,9 @@ class HttpRouter {
   void AddFilter(HttpFilter filter);
 
   void Dispatch(const HttpRequest& request, HttpResponder& responder) const;
+  // The route pattern `path` matches, for metrics labels: the exact path, a prefix route as
+  // "<prefix>{id}", or "unmatched" (bounded cardinality whatever clients send).
+  std::string RouteLabel(const std::string& path) const;
 
  private:
   struct Route {
