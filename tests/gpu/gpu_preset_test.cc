@@ -1,8 +1,8 @@
 // Opt-in GPU smoke test on a full-size preset (label gpu): set BMS_GPU_PRESET=blackmamba-1.5b (or
-// -2.8b) to run it; otherwise it skips. Random weights of the preset's shapes: the bf16 CUDA
-// backend's last-token logits for a mixed prefill step are compared with the fp32 CPU backend
-// (normalized error and top-1 printed; top-1 asserted on most rows), then prefill and decode
-// step times are printed for information (no timing assertions).
+// -2.8b) to run it; otherwise it skips. Random weights of the preset's shapes: the fp32 CUDA
+// backend must match the fp32 CPU backend on a mixed prefill step (asserted); the bf16 backend's
+// deviation is printed next to what rounding the weights alone does on the CPU; then prefill and
+// decode step times are printed for information (no timing assertions).
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -35,8 +35,14 @@ TEST(PresetSmoke, Bf16MatchesCpuAndReportsStepTimes) {
   auto gpu = CreateCudaBackend(w, o);
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   std::cout << "[ preset ] CUDA backend start-up " << Seconds(t0) << " s\n";
+  BackendOptions o32 = o;
+  o32.fp32_compute = true;
+  auto gpu32 = CreateCudaBackend(w, o32);
+  ASSERT_TRUE(gpu32.ok()) << gpu32.status();
   auto cpu = CpuBackend::Create(w, o);
   ASSERT_TRUE(cpu.ok()) << cpu.status();
+  auto cpu16 = CpuBackend::Create(RoundGemmWeightsToBf16(w), o);
+  ASSERT_TRUE(cpu16.ok()) << cpu16.status();
 
   // Mixed step: 4 prompts of different lengths, last-token logits.
   std::mt19937_64 rng(5);
@@ -47,19 +53,31 @@ TEST(PresetSmoke, Bf16MatchesCpuAndReportsStepTimes) {
     seqs.push_back({.slot = 7 * s, .token_offset = static_cast<int>(toks.size()), .n_tokens = len});
     for (int i = 0; i < len; ++i) toks.push_back(static_cast<int32_t>(rng() % c.vocab_size));
   }
-  std::vector<float> lc, lg;
+  std::vector<float> lc, lc16, lg, lg32;
   ASSERT_TRUE((*cpu)->Forward({toks, seqs}, &lc).ok());
-  const absl::Status st = (*gpu)->Forward({toks, seqs}, &lg);
+  ASSERT_TRUE((*cpu16)->Forward({toks, seqs}, &lc16).ok());
+  absl::Status st = (*gpu)->Forward({toks, seqs}, &lg);
   ASSERT_TRUE(st.ok()) << st;
-  int agree = 0;
-  for (int r = 0; r < 4; ++r) {
-    const float* a = &lc[static_cast<size_t>(r) * c.vocab_size];
-    const float* b = &lg[static_cast<size_t>(r) * c.vocab_size];
-    agree += std::max_element(a, a + c.vocab_size) - a == std::max_element(b, b + c.vocab_size) - b;
-  }
-  std::cout << "[ preset ] bf16 vs fp32 CPU: logits normalized error " << NormalizedError(lg, lc)
-            << ", top-1 " << agree << "/4\n";
-  EXPECT_GE(agree, 3);
+  st = (*gpu32)->Forward({toks, seqs}, &lg32);
+  ASSERT_TRUE(st.ok()) << st;
+  auto top1 = [&](const std::vector<float>& x, const std::vector<float>& y) {
+    int agree = 0;
+    for (int r = 0; r < 4; ++r) {
+      const float* a = &x[static_cast<size_t>(r) * c.vocab_size];
+      const float* b = &y[static_cast<size_t>(r) * c.vocab_size];
+      agree +=
+          std::max_element(a, a + c.vocab_size) - a == std::max_element(b, b + c.vocab_size) - b;
+    }
+    return agree;
+  };
+  std::cout << "[ preset ] fp32 CUDA vs fp32 CPU: logits normalized error "
+            << NormalizedError(lg32, lc) << ", top-1 " << top1(lg32, lc) << "/4\n"
+            << "[ preset ] bf16 CUDA vs fp32 CPU: error " << NormalizedError(lg, lc) << ", top-1 "
+            << top1(lg, lc) << "/4; vs fp32 CPU on bf16 weights: error "
+            << NormalizedError(lg, lc16) << "; weight rounding alone (CPU): error "
+            << NormalizedError(lc16, lc) << ", top-1 " << top1(lc16, lc) << "/4\n";
+  EXPECT_LT(NormalizedError(lg32, lc), 1e-4);
+  EXPECT_EQ(top1(lg32, lc), 4);
 
   // Prefill timing: one 2048-token prompt.
   std::vector<int32_t> prompt(2048);

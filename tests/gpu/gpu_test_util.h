@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "engine/host_tensor.h"
+#include "engine/model_weights.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/device_memory.h"
 #include "kernels/cuda/ops.h"
@@ -141,6 +142,21 @@ class DevInts {
  private:
   cuda::DeviceBuffer buf_;
 };
+
+// The weights the CUDA backend stores in bf16 (GEMM operands) rounded to bf16; norms, biases,
+// A, D, conv weights and the router stay fp32 as on the GPU. An fp32 CPU backend on these
+// weights is the reference that isolates the GPU's activation precision from weight rounding.
+inline ModelWeights RoundGemmWeightsToBf16(const ModelWeights& w) {
+  TensorMap m = FlattenWeights(w);
+  for (auto& [name, t] : m) {
+    const bool gemm = name == "embedding.word_embeddings.weight" ||
+                      name.ends_with("in_proj.weight") || name.ends_with("x_proj.weight") ||
+                      name.ends_with("dt_proj.weight") || name.ends_with("out_proj.weight") ||
+                      name.ends_with("linear_fc1.weight") || name.ends_with("linear_fc2.weight");
+    if (gemm) t = HostTensor::FromF32(RoundBf16(t.ToF32()), t.shape);
+  }
+  return *BindWeights(w.config, m);
+}
 
 inline const char* DTypeLabel(cuda::DType t) { return t == cuda::DType::kF32 ? "f32" : "bf16"; }
 // Tolerance on the normalized error: fp32 math vs the fp32 reference, or bf16 activations.
