@@ -61,7 +61,8 @@ class Backend {
   // writes the requested logits to `logits` as fp32 rows of vocab_size, in chunk order
   // (kLast: 1 row, kAll: n_tokens rows, kNone: none), and leaves each chunk's slot holding the
   // state after its last token. Invalid slots/tokens give InvalidArgument before any state
-  // changes.
+  // changes. A slot appears in at most one chunk of a step (the padding slot included);
+  // a repeated slot is InvalidArgument.
   virtual absl::Status Forward(const StepInput& input, std::vector<float>* logits) = 0;
 
   // Copies slot src's whole state into slot dst (forking a prompt for n > 1).
