@@ -1,7 +1,9 @@
 // GPT-NeoX-20B tokenizer against the reference vectors: exact ids for every case of
 // gpt-neox-20b_tokenizer_test_vectors.json and gpt-neox.txt, decode round trips, edge inputs.
+#include <atomic>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -189,6 +191,25 @@ TEST(TokenizerEdges, LongWordsAreNotQuadratic) {
   ASSERT_TRUE(ids.ok());
   EXPECT_EQ(tok.Decode(*ids), word);
   EXPECT_LT(ids->size(), word.size() / 2);
+}
+
+TEST(TokenizerThreads, ConcurrentEncodesAgree) {
+  const Tokenizer& tok = NeoX();
+  const std::vector<Case>& cases = VectorCases();
+  std::vector<std::thread> threads;
+  std::atomic<int> mismatches{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 5; ++round) {
+        for (size_t k = t; k < cases.size(); k += 2) {
+          auto ids = tok.Encode(cases[k].text, /*parse_special=*/true);
+          if (!ids.ok() || *ids != cases[k].ids) ++mismatches;
+        }
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  EXPECT_EQ(mismatches.load(), 0);
 }
 
 }  // namespace
