@@ -193,6 +193,32 @@ TEST(TokenizerEdges, LongWordsAreNotQuadratic) {
   EXPECT_LT(ids->size(), word.size() / 2);
 }
 
+// Random text from a pool of tricky pieces: decode(encode(x)) == NFC(x), with and without
+// special-token parsing.
+TEST(TokenizerEdges, RandomTextRoundTrips) {
+  const Tokenizer& tok = NeoX();
+  const std::vector<std::string> pool = {
+      "a", "Z", "word", " ", "  ", "    ", "\t", "\n", "\r\n", "\xC2\xA0", "\xE3\x80\x80", "'s",
+      "'ll", "'", "''", "3", "42", "\xC2\xBD", "!", "...", "<|endoftext|>", "<|padding|>", "<|",
+      "e\xCC\x81", "\xCC\x81", "\xE1\x84\x80\xE1\x85\xA1", "\xE7\x94\x9F\xE6\xB4\xBB",
+      "\xF0\x9F\x98\x8A", "\xF0\x9F\x98\xB6\xE2\x80\x8D\xF0\x9F\x8C\xAB\xEF\xB8\x8F",
+      "\xE0\xB8\x9B\xE0\xB8\xB5", "\xD0\xBD\xD0\xB5", "_", "\x00", "\x7F", "\xC2\x85"};
+  uint32_t state = 7;
+  auto rnd = [&] { return state = state * 1664525u + 1013904223u; };
+  for (int n = 0; n < 3000; ++n) {
+    std::string text;
+    const int pieces = static_cast<int>(rnd() % 12);
+    for (int k = 0; k < pieces; ++k) text += pool[(rnd() >> 8) % pool.size()];
+    std::string nfc;
+    ASSERT_TRUE(unicode::ToNfc(text, &nfc).ok());
+    for (bool special : {false, true}) {
+      auto ids = tok.Encode(text, special);
+      ASSERT_TRUE(ids.ok()) << text;
+      ASSERT_EQ(tok.Decode(*ids), nfc) << text;
+    }
+  }
+}
+
 TEST(TokenizerThreads, ConcurrentEncodesAgree) {
   const Tokenizer& tok = NeoX();
   const std::vector<Case>& cases = VectorCases();
