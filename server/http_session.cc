@@ -95,6 +95,7 @@ void HttpSession::LingerAndClose() {
   if (closed_ || closing_) return;
   closing_ = true;
   beast::error_code ignored;
+  if (watching_) socket_.cancel(ignored);  // no write is pending here: this ends the watch read
   socket_.shutdown(net::ip::tcp::socket::shutdown_send, ignored);
   Arm(kLingerTime);
   auto self = shared_from_this();
@@ -204,15 +205,15 @@ void HttpSession::StartWatch() {
 void HttpSession::OnWatch(beast::error_code ec, size_t n) {
   watching_ = false;
   if (closed_ || closing_) return;
-  if (ec) {
+  if (ec && ec != net::error::operation_aborted) {
     Close();
     return;
   }
-  buffer_.commit(n);
+  if (!ec) buffer_.commit(n);
   if (in_exchange_) {
     StartWatch();
   } else {
-    DoRead();
+    DoRead();  // the exchange ended (and cancelled this read): parse the next request
   }
 }
 
@@ -294,7 +295,10 @@ void HttpSession::OnWrite(beast::error_code ec) {
     if (!keep_alive_) {
       LingerAndClose();
     } else if (watching_) {
-      Arm(limits_.idle_timeout);  // the pending watch read doubles as the next request's read
+      // Only the watch read is pending (all output is written): cancel it; OnWatch then reads
+      // the next request (possibly already in buffer_).
+      beast::error_code ignored;
+      socket_.cancel(ignored);
     } else {
       DoRead();
     }

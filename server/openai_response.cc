@@ -77,7 +77,8 @@ json CompletionChoiceJson(const Tokenizer& tok, const ChoicePiece& p, bool logpr
       tokens.push_back(TokenDisplay(tok, t.token));
       token_lps.push_back(t.logprob);
       json top = json::object();
-      for (const auto& [id, v] : t.top) top[TokenDisplay(tok, id)] = v;
+      // Most likely first: on a display-string collision the likelier entry stays.
+      for (const auto& [id, v] : t.top) top.emplace(TokenDisplay(tok, id), v);
       tops.push_back(std::move(top));
       offsets.push_back(offset);
       offset += tok.TokenBytes(t.token).size();
