@@ -1,5 +1,6 @@
 // Clients that disconnect mid-stream: 50 streams are opened, each dropped after its first
 // chunks; every engine slot must be free again within a second (engine counters from /ready).
+// And a client that stops reading is disconnected after --write-timeout.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -42,4 +43,26 @@ test('50 dropped streams free every slot within a second', async () => {
   // The server still serves.
   const ok = await request(server, 'POST', '/v1/completions', { prompt: 'a', max_tokens: 2 });
   assert.equal(ok.status, 200);
+});
+
+test('a client that stops reading is cut after --write-timeout and its slot freed', async () => {
+  const s = await startServer(['--write-timeout', '1', '--max-buffered-output', '4096']);
+  try {
+    const body = { prompt: 'slow reader', max_tokens: 100000, ignore_eos: true, stream: true };
+    const { req, res } = await openStream(s.port, body);
+    res.pause();  // read nothing more: kernel buffers fill, then the server's write stalls
+    let stats;
+    const started = Date.now();
+    for (;;) {
+      stats = (await request(s, 'GET', '/ready')).body;
+      if (stats.engine.slots_used === 0) break;
+      assert.ok(Date.now() - started < 120000, 'the stalled stream was never cut');
+      await sleep(100);
+    }
+    assert.equal(stats.engine.running, 0);
+    assert.equal(stats.http.active_requests, 1);  // this /ready request itself
+    req.destroy();
+  } finally {
+    await s.stop();
+  }
 });
