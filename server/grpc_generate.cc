@@ -132,7 +132,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       std::lock_guard<std::mutex> lock(link_->mu);
       link_->reactor = nullptr;
     }
-    if (channel_ && choices_ && !choices_->AllFinished()) channel_->Abandon();
+    bool unfinished;
+    {
+      std::lock_guard<std::mutex> lock(mu_);  // a queued Pump may still be running
+      unfinished = choices_ && !choices_->AllFinished();
+    }
+    if (channel_ && unfinished) channel_->Abandon();
     active_calls_.fetch_sub(1);
     Unref();
   }
