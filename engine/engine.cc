@@ -17,6 +17,7 @@
 #include "absl/strings/strip.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
+#include "kernels/ref/thread_pool.h"
 
 namespace bms {
 namespace {
@@ -42,6 +43,9 @@ absl::Status ValidateOptions(const EngineOptions& o, const ModelConfig& config) 
   if (o.max_prompt_tokens < 1) return bad("max_prompt_tokens must be >= 1");
   if (o.max_tokens_limit < 1) return bad("max_tokens_limit must be >= 1");
   if (o.max_n < 1) return bad("max_n must be >= 1");
+  if (o.sampler_threads < 1 || o.sampler_threads > 256) {
+    return bad("sampler_threads must be in [1, 256]");
+  }
   if (o.eos_token_id < -1 || o.eos_token_id >= config.vocab_size) {
     return bad("eos_token_id must be -1 (none) or in [0, ", config.vocab_size, ")");
   }
@@ -58,6 +62,9 @@ class EngineImpl final : public Engine {
                                     .max_num_batched_tokens = options_.max_num_batched_tokens,
                                     .eos_token_id = options_.eos_token_id}),
         seed_gen_(std::random_device{}()) {
+    if (options_.sampler_threads > 1) {
+      sampler_pool_ = std::make_unique<ref::ThreadPool>(options_.sampler_threads);
+    }
     slots_total_ = backend_->num_slots();
   }
   ~EngineImpl() override { Stop(); }
@@ -91,7 +98,7 @@ class EngineImpl final : public Engine {
   int64_t forward_calls_ = 0;
   Clock::time_point last_expert_refresh_{};
   std::vector<float> logits_;
-  std::vector<float> scratch_;
+  std::unique_ptr<ref::ThreadPool> sampler_pool_;  // null: sample on the engine thread
 
   // Shared, guarded by mu_.
   mutable std::mutex mu_;
@@ -194,7 +201,8 @@ absl::Status EngineImpl::WarmUp() {
 
 absl::StatusOr<std::shared_ptr<EventChannel>> EngineImpl::Submit(GenerateRequest request) {
   absl::StatusOr<std::shared_ptr<EventChannel>> channel = Enqueue(std::move(request));
-  if (!channel.ok() && options_.observer != nullptr) options_.observer->OnRejected(channel.status());
+  if (!channel.ok() && options_.observer != nullptr)
+    options_.observer->OnRejected(channel.status());
   return channel;
 }
 
@@ -297,12 +305,13 @@ void EngineImpl::RunStep() {
   double backend_seconds = 0;
   if (!plan.empty()) result = Execute(plan, &backend_seconds);
   UpdateOutput out = scheduler_.Update(plan, result, Clock::now());
-  Publish(&out);
+  // Counters first, so a client that saw an event also sees the counts that include it.
   running_.store(scheduler_.num_running());
   sched_waiting_.store(scheduler_.num_waiting());
   slots_used_.store(scheduler_.slots().num_used());
   prompt_tokens_.fetch_add(out.prompt_tokens);
   generation_tokens_.fetch_add(out.generated_tokens);
+  Publish(&out);
   if (!plan.empty()) {
     const double step = Seconds(Clock::now() - start);
     steps_.fetch_add(1);
@@ -345,6 +354,12 @@ StepResult EngineImpl::Execute(const StepPlan& plan, double* backend_seconds) {
   const size_t vocab = static_cast<size_t>(backend_->config().vocab_size);
   result.seq_status.assign(plan.seqs.size(), absl::OkStatus());
   result.sampled.resize(plan.seqs.size());
+  struct SampleJob {
+    size_t seq, index;  // output: result.sampled[seq][index]
+    int choice;
+    const float* row;  // [vocab]
+  };
+  std::vector<SampleJob> jobs;
   size_t row = 0;
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     const PlannedSeq& seq = plan.seqs[i];
@@ -363,11 +378,26 @@ StepResult EngineImpl::Execute(const StepPlan& plan, double* backend_seconds) {
       }
     }
     if (!result.seq_status[i].ok()) continue;
-    for (int c : seq.sample_choices) {
-      result.sampled[i].push_back(
-          SampleToken(logits, scheduler_.ContextFor(*seq.request, c), &scratch_));
+    result.sampled[i].resize(seq.sample_choices.size());
+    for (size_t j = 0; j < seq.sample_choices.size(); ++j) {
+      jobs.push_back({i, j, seq.sample_choices[j], logits.data()});
     }
   }
+  // Rows are independent: sample them in parallel (each job writes its own output element;
+  // the scheduler is only read). Small vocabularies keep many rows per range.
+  const int64_t rows_per_range = std::max<int64_t>(1, 32768 / static_cast<int64_t>(vocab));
+  ref::ParallelFor(
+      sampler_pool_.get(), static_cast<int64_t>(jobs.size()),
+      [&](int64_t begin, int64_t end) {
+        thread_local std::vector<float> scratch;
+        for (int64_t k = begin; k < end; ++k) {
+          const SampleJob& job = jobs[k];
+          result.sampled[job.seq][job.index] =
+              SampleToken(std::span<const float>(job.row, vocab),
+                          scheduler_.ContextFor(*plan.seqs[job.seq].request, job.choice), &scratch);
+        }
+      },
+      rows_per_range);
   return result;
 }
 

@@ -26,6 +26,7 @@ struct EngineOptions {
   int max_n = 16;                      // upper bound for GenerateRequest::n
   int eos_token_id = 0;                // <|endoftext|>
   std::string fault_injection;         // test-only: "step-fail:N" fails every Nth backend step
+  int sampler_threads = 4;             // host threads sampling logits rows (1 = engine thread)
   std::shared_ptr<EngineObserver> observer;  // optional hooks (metrics); null = none
 };
 

@@ -54,7 +54,10 @@ struct TokenLogprob {
 // finish != kNone.
 struct GenerationEvent {
   int choice = 0;
-  std::vector<int32_t> token_ids;          // new tokens since the previous event
+  std::vector<int32_t> token_ids;          // new tokens since the previous event; when
+                                           // finish == kStop with stop_token >= 0, the stop
+                                           // token is the last one (its text is up to the
+                                           // frontend)
   std::vector<TokenLogprob> logprobs;      // parallel to token_ids when logprobs >= 0
   FinishReason finish = FinishReason::kNone;
   int32_t stop_token = -1;                 // the id that ended it (EOS or a stop id), if any

@@ -153,7 +153,9 @@ void Scheduler::FinishChoice(RequestState* r, ChoiceState* c, FinishReason reaso
   --r->unfinished;
   ev->finish = reason;
   ev->stop_token = stop_token;
-  ev->error = error;
+  // A fresh copy per event: absl::Status shares its payload by a reference count that lives in
+  // the (uninstrumented) Abseil library, so sharing one across threads confuses ThreadSanitizer.
+  ev->error = error.ok() ? absl::OkStatus() : absl::Status(error.code(), error.message());
   ev->event_time = now;
 }
 
@@ -181,15 +183,14 @@ void Scheduler::AppendToken(RequestState* r, int choice, const SampledToken& s,
   const bool is_stop_id = (s.token == options_.eos_token_id && !p.ignore_eos) ||
                           std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), s.token) !=
                               p.stop_token_ids.end();
+  // The token is always reported (a stop token too, as the last id, like vLLM); frontends
+  // drop its text unless asked to include it.
+  ev.token_ids.push_back(s.token);
+  if (p.logprobs >= 0) ev.logprobs.push_back(s.logprob);
   if (is_stop_id && before >= p.min_tokens) {
-    // The stop token is reported in stop_token, not in token_ids.
     FinishChoice(r, &c, FinishReason::kStop, s.token, absl::OkStatus(), now, &ev);
-  } else {
-    ev.token_ids.push_back(s.token);
-    if (p.logprobs >= 0) ev.logprobs.push_back(s.logprob);
-    if (static_cast<int>(c.generated.size()) >= p.max_tokens) {
-      FinishChoice(r, &c, FinishReason::kLength, -1, absl::OkStatus(), now, &ev);
-    }
+  } else if (static_cast<int>(c.generated.size()) >= p.max_tokens) {
+    FinishChoice(r, &c, FinishReason::kLength, -1, absl::OkStatus(), now, &ev);
   }
   out->events.push_back({r->channel, std::move(ev)});
 }

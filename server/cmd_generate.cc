@@ -38,6 +38,17 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
   return ids;
 }
 
+// The text of a choice: the ending stop token (EOS or a stop id), reported last in the ids,
+// adds no text.
+std::string ChoiceText(const Tokenizer& tokenizer, const ChoiceOut& c) {
+  std::vector<int32_t> ids = c.ids;
+  if (c.finish == FinishReason::kStop && c.stop_token >= 0 && !ids.empty() &&
+      ids.back() == c.stop_token) {
+    ids.pop_back();
+  }
+  return tokenizer.Decode(ids);
+}
+
 int Fail(const absl::Status& s, int code = 1) {
   std::fprintf(stderr, "bmserve generate: %s\n", std::string(s.message()).c_str());
   return code;
@@ -151,7 +162,7 @@ int GenerateCommand(const Args& args) {
     auto choice_json = [&](int i) {
       nlohmann::json j;
       j["generated_ids"] = choices[i].ids;
-      j["text"] = tokenizer.Decode(choices[i].ids);
+      j["text"] = ChoiceText(tokenizer, choices[i]);
       j["finish_reason"] = FinishReasonName(choices[i].finish);
       if (choices[i].stop_token >= 0) j["stop_token"] = choices[i].stop_token;
       if (logprobs >= 0) j["logprobs"] = choice_logprobs[i];
@@ -174,7 +185,7 @@ int GenerateCommand(const Args& args) {
       const ChoiceOut& c = choices[i];
       if (n > 1) std::printf("choice %d:\n", i);
       std::printf("generated_ids: %s\n", absl::StrJoin(c.ids, ",").c_str());
-      std::printf("text: %s\n", tokenizer.Decode(c.ids).c_str());
+      std::printf("text: %s\n", ChoiceText(tokenizer, c).c_str());
       std::printf("finish_reason: %s%s\n", FinishReasonName(c.finish),
                   c.stop_token >= 0 ? absl::StrCat(" (token ", c.stop_token, ")").c_str() : "");
     }

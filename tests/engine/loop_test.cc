@@ -1,10 +1,10 @@
 // Engine loop tests over the FakeBackend: output correctness and determinism, slot accounting
 // under random cancels and n, overload, fault injection, cancel/abandon/stop, validation.
-#include "engine/engine.h"
-
+#include <atomic>
 #include <random>
 #include <thread>
 
+#include "engine/engine.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/engine/engine_test.h"
@@ -90,7 +90,7 @@ TEST(Engine, StopTokenIdsAndEos) {
     req.sampling.stop_token_ids = {ref[3]};
     auto r = Collect(**h.engine->Submit(req), 1);
     auto first = std::find(ref.begin(), ref.end(), ref[3]) - ref.begin();
-    EXPECT_EQ(r[0].tokens, std::vector<int32_t>(ref.begin(), ref.begin() + first));
+    EXPECT_EQ(r[0].tokens, std::vector<int32_t>(ref.begin(), ref.begin() + first + 1));
     EXPECT_EQ(r[0].finish, FinishReason::kStop);
     EXPECT_EQ(r[0].stop_token, ref[3]);
   }
@@ -101,7 +101,7 @@ TEST(Engine, StopTokenIdsAndEos) {
     ASSERT_TRUE(h.engine->Start().ok());
     auto first = std::find(ref.begin(), ref.end(), ref[2]) - ref.begin();
     auto r = Collect(**h.engine->Submit(Greedy({4, 5}, 10)), 1);
-    EXPECT_EQ(r[0].tokens, std::vector<int32_t>(ref.begin(), ref.begin() + first));
+    EXPECT_EQ(r[0].tokens, std::vector<int32_t>(ref.begin(), ref.begin() + first + 1));
     EXPECT_EQ(r[0].stop_token, ref[2]);
     GenerateRequest ignore = Greedy({4, 5}, 10);
     ignore.sampling.ignore_eos = true;
@@ -147,6 +147,7 @@ TEST(Engine, SeededOutputIndependentOfBatchAndChunking) {
     for (int c = 0; c < probe.n; ++c) {
       EXPECT_EQ(batched[c].tokens, alone[c].tokens) << "budget " << budget << " choice " << c;
     }
+    h.engine->Stop();  // the backend belongs to the engine thread until then
     if (budget == 3) EXPECT_LE(h.backend->max_batch_tokens, 3);
   }
 }
@@ -204,14 +205,14 @@ TEST(Engine, ValidationNamesTheField) {
   absl::Status s = code_msg(t);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(s.message(), HasSubstr("temperature"));
-  GenerateRequest dup = Greedy({1}, 100000 / 1000);
+  GenerateRequest dup = Greedy({1}, 100000);  // runs until cancelled
   dup.request_id = "same";
-  dup.sampling.max_tokens = 100;
   auto first = h.engine->Submit(dup);
   ASSERT_TRUE(first.ok());
   EXPECT_EQ(h.engine->Submit(dup).status().code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(h.engine->Cancel("nope").code(), absl::StatusCode::kNotFound);
-  Collect(**first, 1);
+  ASSERT_TRUE(h.engine->Cancel("same").ok());
+  EXPECT_EQ(Collect(**first, 1)[0].finish, FinishReason::kAbort);
 }
 
 TEST(Engine, CreateRejectsBadOptions) {
@@ -393,6 +394,44 @@ TEST(Engine, SlotAccountingUnderRandomCancels) {
   EXPECT_EQ(s.running, 0);
   EXPECT_EQ(s.waiting, 0);
   h.engine->Stop();
+}
+
+class CountingObserver : public EngineObserver {
+ public:
+  void OnStep(const StepObservation& s) override {
+    steps.fetch_add(1);
+    decode_tokens.fetch_add(s.num_decode_tokens);
+    prefill_tokens.fetch_add(s.num_prefill_tokens);
+    failed.fetch_add(s.failed ? 1 : 0);
+  }
+  void OnEvent(const void* request, const GenerationEvent& e) override {
+    (void)request;
+    events.fetch_add(1);
+    tokens.fetch_add(static_cast<int64_t>(e.token_ids.size()));
+  }
+  void OnRejected(const absl::Status& s) override {
+    if (s.code() == absl::StatusCode::kInvalidArgument) rejected.fetch_add(1);
+  }
+  std::atomic<int64_t> steps{0}, decode_tokens{0}, prefill_tokens{0}, failed{0}, events{0},
+      tokens{0}, rejected{0};
+};
+
+TEST(Engine, ObserverSeesStepsEventsAndRejections) {
+  auto obs = std::make_shared<CountingObserver>();
+  EngineOptions o = NoEos();
+  o.observer = obs;
+  Harness h = Make(2, o);
+  ASSERT_TRUE(h.engine->Start().ok());
+  auto r = Collect(**h.engine->Submit(Greedy({1, 2, 3, 4}, 5)), 1);
+  EXPECT_FALSE(h.engine->Submit(Greedy({}, 5)).ok());
+  h.engine->Stop();
+  EXPECT_EQ(obs->steps.load(), 5);  // 1 prompt step + 4 decode steps
+  EXPECT_EQ(obs->prefill_tokens.load(), 4);
+  EXPECT_EQ(obs->decode_tokens.load(), 4);
+  EXPECT_EQ(obs->events.load(), 5);  // one per token, the last one final
+  EXPECT_EQ(obs->tokens.load(), 5);
+  EXPECT_EQ(obs->rejected.load(), 1);
+  EXPECT_EQ(obs->failed.load(), 0);
 }
 
 }  // namespace

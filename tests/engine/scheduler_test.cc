@@ -138,7 +138,7 @@ TEST(Scheduler, ForkForNChoicesNeedsNSlots) {
   ASSERT_EQ(o.events.size(), 3u);
   EXPECT_EQ(o.events[2].event.finish, FinishReason::kStop);  // EOS
   EXPECT_EQ(o.events[2].event.stop_token, 0);
-  EXPECT_TRUE(o.events[2].event.token_ids.empty());
+  EXPECT_EQ(o.events[2].event.token_ids, std::vector<int32_t>{0});  // the stop token, last
   EXPECT_EQ(s.slots().num_used(), 2);  // the stopped choice gave its slot back at once
   StepPlan p3 = s.Schedule(now);
   EXPECT_EQ(p3.num_decode_tokens, 2);
