@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git curl ca-certificates
-  libabsl-dev libgtest-dev libgmock-dev nlohmann-json3-dev libopenblas-dev libboost-dev
+  libicu-dev libabsl-dev libgtest-dev libgmock-dev nlohmann-json3-dev libopenblas-dev libboost-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   python3 python3-numpy python3-torch python3-grpcio python3-protobuf
   nodejs npm
