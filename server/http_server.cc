@@ -14,7 +14,8 @@ HttpServer::HttpServer(const HttpRouter& router, const ServerLimits& limits,
       limits_(limits),
       options_(std::move(options)),
       ioc_(options_.threads),
-      acceptor_(net::make_strand(ioc_)) {}
+      acceptor_(net::make_strand(ioc_)),
+      retry_timer_(acceptor_.get_executor()) {}
 
 HttpServer::~HttpServer() { Stop(); }
 
@@ -47,8 +48,11 @@ void HttpServer::Accept() {
       net::make_strand(ioc_), [this](boost::system::error_code ec, tcp::socket socket) {
         if (!acceptor_.is_open()) return;
         if (ec) {
-          // Out of file descriptors and the like: log, and keep accepting.
+          // Out of file descriptors and the like: log, and retry shortly (no busy loop).
           LogLine(absl::StrCat("accept failed: ", ec.message()));
+          retry_timer_.expires_after(std::chrono::milliseconds(100));
+          retry_timer_.async_wait([this](boost::system::error_code) { Accept(); });
+          return;
         } else {
           boost::system::error_code ignored;
           socket.set_option(tcp::no_delay(true), ignored);

@@ -47,6 +47,7 @@ class HttpServer {
   HttpServerOptions options_;
   boost::asio::io_context ioc_;
   boost::asio::ip::tcp::acceptor acceptor_;
+  boost::asio::steady_timer retry_timer_;  // re-accept after an accept error
   std::vector<std::thread> threads_;
   HttpCounters counters_;
   int port_ = 0;

@@ -1,6 +1,7 @@
 #include "server/http_session.h"
 
 #include <cstdio>
+#include <exception>
 #include <random>
 
 #include "absl/strings/ascii.h"
@@ -184,7 +185,14 @@ void HttpSession::HandleRequest() {
                       "invalid_request_error", "", "length_required"));
     return;
   }
-  router_.Dispatch(request_, *this);
+  // The HTTP edge's one catch-all: nothing below should throw, but if it does the client gets a
+  // 500 naming the request id (which the log line carries too), never a crash.
+  try {
+    router_.Dispatch(request_, *this);
+  } catch (const std::exception& e) {
+    InternalError(e.what());
+    return;
+  }
   if (!response_done_ && work_ == nullptr) {
     // A handler that neither answered nor left work behind is a programmer error.
     Respond(JsonError(500, "internal error: the handler produced no response", "server_error"));
@@ -326,7 +334,25 @@ void HttpSession::OnWake() {
 
 void HttpSession::Pump() {
   if (closed_ || work_ == nullptr || response_done_ || !CanWrite()) return;
-  work_->Pump();
+  try {
+    work_->Pump();
+  } catch (const std::exception& e) {
+    InternalError(e.what());
+  }
+}
+
+void HttpSession::InternalError(const std::string& what) {
+  AddLogField("internal_error", absl::StrCat("\"", what, "\""));
+  if (work_ != nullptr) work_->Abort();
+  std::string message = absl::StrCat("internal server error (request id ", request_.request_id, ")");
+  if (status_ != 0 && !response_done_) {  // mid-stream: an error frame, then [DONE]
+    StreamWrite(absl::StrCat("data: {\"error\":{\"message\":\"", message,
+                             "\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n",
+                             "data: [DONE]\n\n"));
+    EndStream();
+  } else if (!response_done_) {
+    Respond(JsonError(500, message, "server_error"));
+  }
 }
 
 void HttpSession::AddLogField(const std::string& key, const std::string& value) {

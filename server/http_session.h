@@ -67,6 +67,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession>, public Htt
   void LingerAndClose();
   void Close();
   std::string HeaderBlock(int status, const std::string& content_type) const;
+  // Answers 500 (or ends a started stream with an error frame) after an unexpected exception.
+  void InternalError(const std::string& what);
 
   boost::asio::ip::tcp::socket socket_;
   boost::asio::steady_timer timer_;
