@@ -81,14 +81,31 @@ __device__ __forceinline__ uint4 Load8(const bf16* row, int kc, int k, bool vec)
   return u.v;
 }
 
-template <GroupedEpilogue kEpi>
-__global__ void __launch_bounds__(kMmaThreads) GroupedGemmMmaKernel(GroupedGemmParams p, bool vec) {
+// 16-byte global -> shared copy that bypasses registers (zero-fill when !valid).
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+// kAsync (k % 8 == 0, 16-byte aligned rows): a kMmaStages-deep cp.async pipeline. Otherwise one
+// stage filled through registers with element-wise loads at the k tail.
+constexpr int kMmaStages = 3;
+
+template <GroupedEpilogue kEpi, bool kAsync>
+__global__ void __launch_bounds__(kMmaThreads) GroupedGemmMmaKernel(GroupedGemmParams p) {
   constexpr int kHalves = kEpi == GroupedEpilogue::kGatedAct ? 2 : 1;
   constexpr int kBRows = kHalves * kBN;
   constexpr int kAChunks = kBM * kMmaBK / 8 / kMmaThreads;     // 2
   constexpr int kBChunks = kBRows * kMmaBK / 8 / kMmaThreads;  // 2 or 4
-  __shared__ __align__(16) bf16 As[kBM][kMmaLd];
-  __shared__ __align__(16) bf16 Bs[kBRows][kMmaLd];
+  constexpr int kStages = kAsync ? kMmaStages : 1;
+  __shared__ __align__(16) bf16 As[kStages][kBM][kMmaLd];
+  __shared__ __align__(16) bf16 Bs[kStages][kBRows][kMmaLd];
 
   const Tile tile = FindTile(p.expert_offsets, p.n_experts, blockIdx.y);
   if (tile.expert < 0) return;
@@ -117,39 +134,17 @@ __global__ void __launch_bounds__(kMmaThreads) GroupedGemmMmaKernel(GroupedGemmP
   }
 
   float acc[kHalves][2][4][4] = {};
-  uint4 a_reg[kAChunks], b_reg[kBChunks];
-  auto load_global = [&](int k0) {
-#pragma unroll
-    for (int i = 0; i < kAChunks; ++i)
-      a_reg[i] = Load8(a_src[i], k0 + ((tid + i * kMmaThreads) % 4) * 8, p.k, vec);
-#pragma unroll
-    for (int i = 0; i < kBChunks; ++i)
-      b_reg[i] = Load8(b_src[i], k0 + ((tid + i * kMmaThreads) % 4) * 8, p.k, vec);
-  };
-  load_global(0);
-  for (int k0 = 0; k0 < p.k; k0 += kMmaBK) {
-#pragma unroll
-    for (int i = 0; i < kAChunks; ++i) {
-      const int id = tid + i * kMmaThreads;
-      *reinterpret_cast<uint4*>(&As[id / 4][(id % 4) * 8]) = a_reg[i];
-    }
-#pragma unroll
-    for (int i = 0; i < kBChunks; ++i) {
-      const int id = tid + i * kMmaThreads;
-      *reinterpret_cast<uint4*>(&Bs[id / 4][(id % 4) * 8]) = b_reg[i];
-    }
-    __syncthreads();
-    if (k0 + kMmaBK < p.k) load_global(k0 + kMmaBK);
+  auto compute = [&](int stage) {
 #pragma unroll
     for (int kk = 0; kk < kMmaBK; kk += 16) {
       uint32_t af[2][4];
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi) {
         const int rm = wm * 32 + mi * 16;
-        af[mi][0] = *reinterpret_cast<const uint32_t*>(&As[rm + g][kk + 2 * tq]);
-        af[mi][1] = *reinterpret_cast<const uint32_t*>(&As[rm + g + 8][kk + 2 * tq]);
-        af[mi][2] = *reinterpret_cast<const uint32_t*>(&As[rm + g][kk + 2 * tq + 8]);
-        af[mi][3] = *reinterpret_cast<const uint32_t*>(&As[rm + g + 8][kk + 2 * tq + 8]);
+        af[mi][0] = *reinterpret_cast<const uint32_t*>(&As[stage][rm + g][kk + 2 * tq]);
+        af[mi][1] = *reinterpret_cast<const uint32_t*>(&As[stage][rm + g + 8][kk + 2 * tq]);
+        af[mi][2] = *reinterpret_cast<const uint32_t*>(&As[stage][rm + g][kk + 2 * tq + 8]);
+        af[mi][3] = *reinterpret_cast<const uint32_t*>(&As[stage][rm + g + 8][kk + 2 * tq + 8]);
       }
 #pragma unroll
       for (int h = 0; h < kHalves; ++h) {
@@ -157,14 +152,71 @@ __global__ void __launch_bounds__(kMmaThreads) GroupedGemmMmaKernel(GroupedGemmP
         for (int ni = 0; ni < 4; ++ni) {
           const int rn = h * kBN + wn * 32 + ni * 8;
           uint32_t bfr[2];
-          bfr[0] = *reinterpret_cast<const uint32_t*>(&Bs[rn + g][kk + 2 * tq]);
-          bfr[1] = *reinterpret_cast<const uint32_t*>(&Bs[rn + g][kk + 2 * tq + 8]);
+          bfr[0] = *reinterpret_cast<const uint32_t*>(&Bs[stage][rn + g][kk + 2 * tq]);
+          bfr[1] = *reinterpret_cast<const uint32_t*>(&Bs[stage][rn + g][kk + 2 * tq + 8]);
 #pragma unroll
           for (int mi = 0; mi < 2; ++mi) MmaBf16(acc[h][mi][ni], af[mi], bfr);
         }
       }
     }
-    __syncthreads();
+  };
+  const int n_k_tiles = (p.k + kMmaBK - 1) / kMmaBK;
+
+  if constexpr (kAsync) {
+    // Issues the copies of k-tile kt into stage kt % kStages (nothing past the last tile).
+    auto issue = [&](int kt) {
+      if (kt < n_k_tiles) {
+        const int stage = kt % kStages, k0 = kt * kMmaBK;
+#pragma unroll
+        for (int i = 0; i < kAChunks; ++i) {
+          const int id = tid + i * kMmaThreads, kc = k0 + (id % 4) * 8;
+          const bool ok = a_src[i] != nullptr && kc < p.k;
+          CpAsync16(&As[stage][id / 4][(id % 4) * 8], ok ? a_src[i] + kc : A, ok);
+        }
+#pragma unroll
+        for (int i = 0; i < kBChunks; ++i) {
+          const int id = tid + i * kMmaThreads, kc = k0 + (id % 4) * 8;
+          const bool ok = b_src[i] != nullptr && kc < p.k;
+          CpAsync16(&Bs[stage][id / 4][(id % 4) * 8], ok ? b_src[i] + kc : W, ok);
+        }
+      }
+      CpAsyncCommit();  // one group per call keeps the wait count uniform
+    };
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) issue(s);
+    for (int kt = 0; kt < n_k_tiles; ++kt) {
+      CpAsyncWait<kStages - 2>();  // tile kt has landed (this thread's copies)
+      __syncthreads();             // ... everyone's; and stage (kt - 1) is no longer read
+      issue(kt + kStages - 1);
+      compute(kt % kStages);
+    }
+  } else {
+    uint4 a_reg[kAChunks], b_reg[kBChunks];
+    auto load_global = [&](int k0) {
+#pragma unroll
+      for (int i = 0; i < kAChunks; ++i)
+        a_reg[i] = Load8(a_src[i], k0 + ((tid + i * kMmaThreads) % 4) * 8, p.k, false);
+#pragma unroll
+      for (int i = 0; i < kBChunks; ++i)
+        b_reg[i] = Load8(b_src[i], k0 + ((tid + i * kMmaThreads) % 4) * 8, p.k, false);
+    };
+    load_global(0);
+    for (int kt = 0; kt < n_k_tiles; ++kt) {
+#pragma unroll
+      for (int i = 0; i < kAChunks; ++i) {
+        const int id = tid + i * kMmaThreads;
+        *reinterpret_cast<uint4*>(&As[0][id / 4][(id % 4) * 8]) = a_reg[i];
+      }
+#pragma unroll
+      for (int i = 0; i < kBChunks; ++i) {
+        const int id = tid + i * kMmaThreads;
+        *reinterpret_cast<uint4*>(&Bs[0][id / 4][(id % 4) * 8]) = b_reg[i];
+      }
+      __syncthreads();
+      if (kt + 1 < n_k_tiles) load_global((kt + 1) * kMmaBK);
+      compute(0);
+      __syncthreads();
+    }
   }
 
 #pragma unroll
@@ -247,8 +299,10 @@ __global__ void __launch_bounds__(kF32Threads) GroupedGemmF32Kernel(GroupedGemmP
 template <GroupedEpilogue kEpi>
 void LaunchGrouped(const GroupedGemmParams& p, bool vec, Stream stream) {
   const dim3 grid(CeilDiv(p.n, kBN), CeilDiv(p.n_rows, kBM) + p.n_experts);
-  if (p.dtype == DType::kBF16)
-    GroupedGemmMmaKernel<kEpi><<<grid, kMmaThreads, 0, stream>>>(p, vec);
+  if (p.dtype == DType::kBF16 && vec)
+    GroupedGemmMmaKernel<kEpi, true><<<grid, kMmaThreads, 0, stream>>>(p);
+  else if (p.dtype == DType::kBF16)
+    GroupedGemmMmaKernel<kEpi, false><<<grid, kMmaThreads, 0, stream>>>(p);
   else
     GroupedGemmF32Kernel<kEpi><<<grid, kF32Threads, 0, stream>>>(p);
 }

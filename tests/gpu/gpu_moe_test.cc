@@ -112,6 +112,8 @@ TEST_P(MoeTest, GroupedExpertsMatchReference) {
       {"uniform", 8192, 128, 96, true, ref::Activation::kGelu, false},
       {"ragged", 517, 72, 200, true, ref::Activation::kSilu, true},
       {"ragged", 211, 64, 80, false, ref::Activation::kGelu, true},
+      // k not a multiple of 8 (fc1 k = 60, fc2 k = 52): the register-staged fallback path.
+      {"ragged", 77, 60, 52, true, ref::Activation::kGelu, false},
   };
   for (const auto& [kind, n, d, f, gated, act, with_bias] : cases) {
     SCOPED_TRACE(testing::Message() << kind << " n=" << n << " d=" << d << " f=" << f
