@@ -31,6 +31,28 @@ int32_t ArgMax(std::span<const float> x) {
 
 bool InRange(float v, float lo, float hi) { return v >= lo && v <= hi; }  // false for NaN
 
+// Inverse-CDF draw from softmax(x / temperature) in token-id order.
+int32_t SampleUnfiltered(std::span<const float> x, float temperature, double u) {
+  thread_local std::vector<double> w;
+  const int vocab = static_cast<int>(x.size());
+  const float max_logit = *std::max_element(x.begin(), x.end());
+  if (std::isinf(max_logit)) return ArgMax(x);
+  const double inv_t = 1.0 / static_cast<double>(temperature);
+  w.resize(vocab);
+  double total = 0;
+  for (int i = 0; i < vocab; ++i) total += w[i] = std::exp((x[i] - max_logit) * inv_t);
+  const double target = u * total;
+  double cum = 0;
+  int32_t last_positive = 0;
+  for (int i = 0; i < vocab; ++i) {
+    if (w[i] <= 0) continue;
+    cum += w[i];
+    last_positive = i;
+    if (target < cum) return i;
+  }
+  return last_positive;
+}
+
 }  // namespace
 
 bool NeedsLogitProcessing(const SampleContext& ctx) {
@@ -146,6 +168,11 @@ SampledToken SampleToken(std::span<const float> raw_logits, const SampleContext&
   SampledToken out;
   if (p.temperature == 0.0f) {
     out.token = ArgMax(processed);
+  } else if ((p.top_k <= 0 || p.top_k >= static_cast<int>(processed.size())) && p.top_p >= 1.0f &&
+             p.min_p <= 0.0f) {
+    // No filter: draw straight from softmax(x / T) without building the kept list.
+    out.token = SampleUnfiltered(processed, p.temperature,
+                                 CounterUniform(ctx.seed, ctx.choice, ctx.num_generated));
   } else {
     std::vector<std::pair<int32_t, double>> dist = FilteredDistribution(processed, p);
     const double u = CounterUniform(ctx.seed, ctx.choice, ctx.num_generated);

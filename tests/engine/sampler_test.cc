@@ -223,6 +223,29 @@ TEST(Sampler, ChiSquareGoodnessOfFitOverSeeds) {
   EXPECT_GT(p_value, 0.001) << "chi2=" << chi2 << " dof=" << dof;
 }
 
+TEST(Sampler, ChiSquareUnfilteredTemperature) {
+  const std::vector<float> x = {0.3f, 2.0f, -1.0f, 1.2f, 0.9f, 1.9f, -3.0f, 0.0f};
+  SamplingParams p;
+  p.temperature = 0.7f;
+  auto want = ReferenceFiltered(x, 0.7f, 0, 1.0f, 0.0f);
+  ASSERT_EQ(want.size(), x.size());
+  const int draws = 40000;
+  std::map<int, int> seen;
+  std::vector<float> scratch;
+  for (int s = 0; s < draws; ++s) {
+    SampleContext ctx{.params = &p, .num_generated = s % 13, .seed = static_cast<uint64_t>(s)};
+    ++seen[SampleToken(x, ctx, &scratch).token];
+  }
+  double chi2 = 0;
+  for (auto [token, prob] : want) {
+    const double e = prob * draws;
+    const double o = seen.count(token) ? seen[token] : 0;
+    chi2 += (o - e) * (o - e) / e;
+  }
+  const double dof = static_cast<double>(want.size()) - 1;
+  EXPECT_GT(GammaQ(dof / 2, chi2 / 2), 0.001) << "chi2=" << chi2;
+}
+
 TEST(Sampler, SameSeedSameToken_DifferentChoiceDifferentStream) {
   std::vector<float> x(50, 0.0f);  // uniform over 50 tokens
   SamplingParams p;
