@@ -55,7 +55,7 @@ int InspectCommand(const Args& args) {
   } else {
     std::printf(
         "config: %d layers (%d mamba, %d moe x %d experts), d_model %d, d_inner %d, "
-        "d_state %d, vocab %d, %.3fB params (%.3fB active)\n",
+        "d_state %d, vocab %d, %.1fM params (%.1fM active)\n",
         config->num_layers, config->num_mamba_layers(), config->num_moe_layers(), config->n_experts,
         config->d_model, config->d_inner(), config->d_state, config->vocab_size,
         config->TotalParams() / 1e9, config->ActiveParams() / 1e9);

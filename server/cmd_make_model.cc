@@ -61,8 +61,8 @@ int MakeModelCommand(const Args& args) {
   options.format = *format;
   options.shard_bytes = static_cast<uint64_t>(shard_bytes);
   const long long params = config->TotalParams();
-  std::printf("writing %s: %.3fB params (%.3fB active), %s, %s%s\n", out_dir.c_str(), params / 1e9,
-              config->ActiveParams() / 1e9, DTypeName(*dtype), format_name.c_str(),
+  std::printf("writing %s: %.1fM params (%.1fM active), %s, %s%s\n", out_dir.c_str(), params / 1e6,
+              config->ActiveParams() / 1e6, DTypeName(*dtype), format_name.c_str(),
               shard_bytes > 0 ? " (sharded)" : "");
   std::fflush(stdout);
   auto start = std::chrono::steady_clock::now();
@@ -72,7 +72,7 @@ int MakeModelCommand(const Args& args) {
     return 1;
   }
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("done: %.2f GB of weights in %.1f s\n",
+  std::printf("done: %.3f GB of weights in %.1f s\n",
               static_cast<double>(params) * DTypeSize(*dtype) / 1e9, secs);
   return 0;
 }
