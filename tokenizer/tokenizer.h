@@ -23,8 +23,9 @@ class Tokenizer {
   // 256 byte tokens (id = byte value) + <|endoftext|> (id 256).
   static std::unique_ptr<Tokenizer> ByteFallback();
 
-  // InvalidArgument for text that is not valid UTF-8. parse_special: match special added tokens
-  // such as <|endoftext|> in the text (otherwise they are encoded as plain text).
+  // InvalidArgument for text that is not valid UTF-8 (or over 1 GiB). parse_special: match
+  // special added tokens such as <|endoftext|> in the text (otherwise they are encoded as plain
+  // text); non-special added tokens (e.g. GPT-NeoX's space runs) always match.
   virtual absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text,
                                                       bool parse_special = false) const = 0;
   // Ids without token text (e.g. the model's padded vocab) decode to "". Invalid UTF-8 produced
@@ -37,7 +38,7 @@ class Tokenizer {
   virtual bool IsSpecialToken(int32_t /*id*/) const { return false; }
 
   virtual int vocab_size() const = 0;        // ids 0 .. vocab_size()-1 have token text
-  virtual int32_t eos_token_id() const = 0;  // <|endoftext|>
+  virtual int32_t eos_token_id() const = 0;  // <|endoftext|>; -1 when the vocab has none
   virtual std::string name() const = 0;      // e.g. the file path or "byte-fallback"
 };
 
