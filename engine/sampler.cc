@@ -95,7 +95,8 @@ std::vector<std::pair<int32_t, double>> FilteredDistribution(std::span<const flo
   double max_logit = -std::numeric_limits<double>::infinity();
   for (float x : processed) max_logit = std::max(max_logit, static_cast<double>(x));
   // Unnormalized probabilities relative to the most likely token (which gets 1).
-  std::vector<double> w(vocab);
+  thread_local std::vector<double> w;
+  w.resize(vocab);
   for (int i = 0; i < vocab; ++i) {
     w[i] = std::isinf(max_logit) ? (processed[i] == max_logit ? 1.0 : 0.0)
                                  : std::exp((processed[i] - max_logit) * inv_t);
@@ -112,16 +113,27 @@ std::vector<std::pair<int32_t, double>> FilteredDistribution(std::span<const flo
   if (top_k) {
     std::partial_sort(kept.begin(), kept.begin() + params.top_k, kept.end(), ByValueDesc(w));
     kept.resize(params.top_k);
-  } else if (top_p) {
-    std::sort(kept.begin(), kept.end(), ByValueDesc(w));
   }
   double total = 0;
   for (int32_t t : kept) total += w[t];
   if (top_p) {
     const double target = static_cast<double>(params.top_p) * total;
+    // Find a most-likely-first prefix holding the target mass without sorting everything:
+    // select the top k (k grows 8x until their mass suffices), then sort just those.
+    size_t k = std::min<size_t>(kept.size(), 512);
+    while (true) {
+      if (k < kept.size()) {
+        std::nth_element(kept.begin(), kept.begin() + k, kept.end(), ByValueDesc(w));
+      }
+      double mass = 0;
+      for (size_t i = 0; i < k; ++i) mass += w[kept[i]];
+      if (mass >= target || k == kept.size()) break;
+      k = std::min(kept.size(), k * 8);
+    }
+    std::sort(kept.begin(), kept.begin() + k, ByValueDesc(w));
     double cum = 0;
     size_t n = 0;
-    while (n < kept.size()) {
+    while (n < k) {
       cum += w[kept[n++]];
       if (cum >= target) break;
     }
