@@ -21,12 +21,34 @@ auto ByValueDesc(const V& values) {
   };
 }
 
-int32_t ArgMax(std::span<const float> x) {
-  int32_t best = 0;
-  for (int32_t i = 1; i < static_cast<int32_t>(x.size()); ++i) {
-    if (x[i] > x[best]) best = i;
+// max(x), in independent lanes so the compiler vectorizes it (NaNs are skipped unless first).
+float MaxValue(std::span<const float> x) {
+  constexpr size_t kLanes = 16;
+  const size_t n = x.size();
+  if (n < kLanes) {
+    float m = x[0];
+    for (size_t i = 1; i < n; ++i) m = x[i] > m ? x[i] : m;
+    return m;
   }
-  return best;
+  float lane[kLanes];
+  for (size_t l = 0; l < kLanes; ++l) lane[l] = x[l];
+  size_t i = kLanes;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (size_t l = 0; l < kLanes; ++l) lane[l] = x[i + l] > lane[l] ? x[i + l] : lane[l];
+  }
+  float m = lane[0];
+  for (size_t l = 1; l < kLanes; ++l) m = lane[l] > m ? lane[l] : m;
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// The first index holding the maximum.
+int32_t ArgMax(std::span<const float> x) {
+  const float m = MaxValue(x);
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (x[i] == m) return static_cast<int32_t>(i);
+  }
+  return 0;  // only when the maximum is NaN
 }
 
 bool InRange(float v, float lo, float hi) { return v >= lo && v <= hi; }  // false for NaN
@@ -35,7 +57,7 @@ bool InRange(float v, float lo, float hi) { return v >= lo && v <= hi; }  // fal
 int32_t SampleUnfiltered(std::span<const float> x, float temperature, double u) {
   thread_local std::vector<double> w;
   const int vocab = static_cast<int>(x.size());
-  const float max_logit = *std::max_element(x.begin(), x.end());
+  const float max_logit = MaxValue(x);
   if (std::isinf(max_logit)) return ArgMax(x);
   const double inv_t = 1.0 / static_cast<double>(temperature);
   w.resize(vocab);
@@ -92,8 +114,7 @@ std::vector<std::pair<int32_t, double>> FilteredDistribution(std::span<const flo
                                                              const SamplingParams& params) {
   const int vocab = static_cast<int>(processed.size());
   const double inv_t = 1.0 / static_cast<double>(params.temperature);
-  double max_logit = -std::numeric_limits<double>::infinity();
-  for (float x : processed) max_logit = std::max(max_logit, static_cast<double>(x));
+  const double max_logit = MaxValue(processed);
   // Unnormalized probabilities relative to the most likely token (which gets 1).
   thread_local std::vector<double> w;
   w.resize(vocab);
@@ -148,8 +169,7 @@ std::vector<std::pair<int32_t, double>> FilteredDistribution(std::span<const flo
 
 TokenLogprob ComputeLogprobs(std::span<const float> processed, int32_t token, int n) {
   const int vocab = static_cast<int>(processed.size());
-  float max_logit = kNegInf;
-  for (float x : processed) max_logit = std::max(max_logit, x);
+  const float max_logit = MaxValue(processed);
   double sum = 0;
   for (float x : processed) sum += std::exp(static_cast<double>(x) - max_logit);
   const double lse = max_logit + std::log(sum);
