@@ -106,6 +106,88 @@ TEST(PresetSmoke, Bf16MatchesCpuAndReportsStepTimes) {
     std::cout << "[ preset ] decode batch " << batch << ": " << step * 1e3 << " ms/step ("
               << batch / step << " tokens/s, no CUDA graphs)\n";
   }
+
+  // Per-op times at the preset's prefill shapes (2048 tokens, one sequence), for the perf work.
+  const int T = 2048, d = c.d_model, di = c.d_inner(), f = c.ffn_hidden_size, e = c.n_experts;
+  std::vector<int32_t> expert(T), cu = {0, T}, slot = {0};
+  for (auto& x : expert) x = static_cast<int32_t>(rng() % e);
+  DevArray x(RandomVector(rng, size_t{T} * d, -1, 1), cuda::DType::kBF16);
+  DevArray w1(RandomVector(rng, size_t{e} * 2 * f * d, -0.03f, 0.03f), cuda::DType::kBF16);
+  DevArray w2(RandomVector(rng, size_t{e} * d * f, -0.03f, 0.03f), cuda::DType::kBF16);
+  DevArray act(size_t{T} * f, cuda::DType::kBF16), out(size_t{T} * d, cuda::DType::kBF16);
+  DevArray u(RandomVector(rng, size_t{T} * di, -1, 1), cuda::DType::kBF16);
+  DevArray dtv(RandomVector(rng, size_t{T} * di, -4, 0), cuda::DType::kBF16);
+  DevArray bc(RandomVector(rng, size_t{T} * 32, -1, 1), cuda::DType::kBF16);
+  DevArray A(std::vector<float>(size_t{di} * 16, -1.f), cuda::DType::kF32);
+  DevArray y(size_t{T} * di, cuda::DType::kBF16), state(size_t{di} * 16, cuda::DType::kF32);
+  DevInts<int32_t> dexp(expert), doff(e + 1), dperm(T), dcu(cu), dslot(slot);
+  auto time_op = [&](const char* name, double flops, auto&& op) {
+    ASSERT_TRUE(op().ok());
+    ASSERT_TRUE(cuda::DeviceSynchronize().ok());
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < 10; ++i) ASSERT_TRUE(op().ok());
+    ASSERT_TRUE(cuda::DeviceSynchronize().ok());
+    const double s = Seconds(start) / 10;
+    std::cout << "[ preset ] op " << name << ": " << s * 1e3 << " ms";
+    if (flops > 0) std::cout << " (" << flops / s * 1e-12 << " TFLOP/s)";
+    std::cout << "\n";
+  };
+  time_op("moe group", 0, [&] {
+    return cuda::MoeGroup({.n_tokens = T,
+                           .n_experts = e,
+                           .expert = dexp.get(),
+                           .expert_offsets = doff.get(),
+                           .permutation = dperm.get()},
+                          nullptr);
+  });
+  time_op("grouped fc1+gate", 2.0 * T * 2 * f * d, [&] {
+    return cuda::GroupedGemm({.n_rows = T,
+                              .n_experts = e,
+                              .n = f,
+                              .k = d,
+                              .dtype = cuda::DType::kBF16,
+                              .epilogue = cuda::GroupedEpilogue::kGatedAct,
+                              .expert_offsets = doff.get(),
+                              .a = x.get(),
+                              .a_rows = dperm.get(),
+                              .w = w1.get(),
+                              .out = act.get()},
+                             nullptr);
+  });
+  time_op("grouped fc2+scatter", 2.0 * T * f * d, [&] {
+    return cuda::GroupedGemm({.n_rows = T,
+                              .n_experts = e,
+                              .n = d,
+                              .k = f,
+                              .dtype = cuda::DType::kBF16,
+                              .epilogue = cuda::GroupedEpilogue::kScaleScatter,
+                              .expert_offsets = doff.get(),
+                              .a = act.get(),
+                              .w = w2.get(),
+                              .out_rows = dperm.get(),
+                              .out = out.get()},
+                             nullptr);
+  });
+  time_op("selective scan", 0, [&] {
+    char* bcp = static_cast<char*>(bc.get());
+    return cuda::SelectiveScanVarlen({.batch = 1,
+                                      .d_inner = di,
+                                      .d_state = 16,
+                                      .n_slots = 1,
+                                      .dtype = cuda::DType::kBF16,
+                                      .cu_seqlens = dcu.get(),
+                                      .slots = dslot.get(),
+                                      .u = u.get(),
+                                      .delta = dtv.get(),
+                                      .A = A.f32(),
+                                      .B = bcp,
+                                      .B_stride = 32,
+                                      .C = bcp + 32,
+                                      .C_stride = 32,
+                                      .out = y.get(),
+                                      .ssm_state = state.get()},
+                                     nullptr);
+  });
 }
 
 }  // namespace
