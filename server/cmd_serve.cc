@@ -1,9 +1,12 @@
 // `bmserve serve`: loads the model (or builds the in-memory demo model), starts the engine and
-// the network frontends that share one ServerContext (HTTP/OpenAI now; gRPC and /metrics hook in
-// at the marked places), logs the effective configuration, and runs until SIGINT/SIGTERM, then
-// drains: /ready turns 503, new requests are refused, running ones get --drain-timeout seconds.
+// the network frontends that share one ServerContext (HTTP/OpenAI with GET /metrics, gRPC), logs
+// the effective configuration, and runs until SIGINT/SIGTERM, then drains: /ready and gRPC health
+// turn unready at once, new requests get 503/UNAVAILABLE (the listeners stay open), running ones
+// get --drain-timeout seconds to finish, the rest are cancelled (finish reason abort), exit 0.
+// A second signal during the drain exits at once (status 128 + signal).
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <thread>
 
@@ -20,6 +23,9 @@
 #include "server/grpc_server.h"
 #include "server/http_log.h"
 #include "server/http_server.h"
+#include "server/log.h"
+#include "server/metrics_collector.h"
+#include "server/metrics_http.h"
 #include "server/openai_handlers.h"
 #include "server/server_context.h"
 
@@ -54,6 +60,9 @@ struct ServeFlags {
   std::string fault_injection;
   int grpc_port = 50051;
   int64_t grpc_max_message_bytes = 4 << 20;
+  std::string log_format = "text";
+  std::string log_level = "info";
+  double moe_metrics_window = 60;
 };
 
 void Register(FlagSet& f, ServeFlags& v) {
@@ -83,6 +92,10 @@ void Register(FlagSet& f, ServeFlags& v) {
   f.Int("demo-seed", &v.demo_seed, "seed of the demo model's random weights");
   f.Int("cpu-threads", &v.cpu_threads, "CPU backend threads (0 = all cores)");
   f.String("fault-injection", &v.fault_injection, "test only: step-fail:N");
+  f.String("log-format", &v.log_format, "text, or json (one JSON object per line)");
+  f.String("log-level", &v.log_level, "debug, info, warning or error");
+  f.Double("moe-metrics-window", &v.moe_metrics_window,
+           "seconds of expert load behind bmserve:moe_imbalance_ratio");
   f.Int("grpc-port", &v.grpc_port, "gRPC (bmserve.v1) port on --host (0 = any free port)");
   f.Int64("grpc-max-message-bytes", &v.grpc_max_message_bytes,
           "larger gRPC request messages get RESOURCE_EXHAUSTED");
@@ -135,6 +148,7 @@ int ServeCommand(const Args& args) {
     return 0;
   }
   if (auto s = CheckFlags(v); !s.ok()) return Fail(s);
+  if (auto s = ConfigureLog(v.log_format, v.log_level); !s.ok()) return Fail(s);
   const bool demo = v.model.empty();
 
   // Model and tokenizer.
@@ -196,11 +210,14 @@ int ServeCommand(const Args& args) {
   eo.max_n = v.max_n;
   eo.eos_token_id = tokenizer->eos_token_id() < config.vocab_size ? tokenizer->eos_token_id() : -1;
   eo.fault_injection = v.fault_injection;
-  // (metrics: set eo.observer here.)
+  auto metrics = ServerMetrics::Create(config, {.moe_window_seconds = v.moe_metrics_window});
+  if (!metrics.ok()) return Fail(metrics.status());
+  eo.observer = *metrics;
   auto engine = Engine::Create(std::move(*backend), eo);
   if (!engine.ok()) return Fail(engine.status());
   weights = ModelWeights();  // the backend holds its own copy
   if (auto s = (*engine)->Start(); !s.ok()) return Fail(s);
+  (*metrics)->AttachEngine(engine->get());
 
   ctx.engine = engine->get();
   ctx.tokenizer = tokenizer.get();
@@ -216,14 +233,16 @@ int ServeCommand(const Args& args) {
   ctx.limits.idle_timeout = Ms(v.idle_timeout);
   ctx.limits.max_buffered_output = static_cast<size_t>(v.max_buffered_output);
 
-  // Frontends. (gRPC starts here too; /metrics adds its route to `router`.)
+  // Frontends.
   HttpRouter router;
   HttpServerOptions ho;
   ho.host = v.host;
   ho.port = v.http_port;
   ho.threads = v.http_threads;
+  ho.on_exchange_done = HttpMetricsHook(*metrics, &router);
   HttpServer http(router, ctx.limits, ho);
   AddOpenAiRoutes(ctx, &http.counters(), &router);
+  AddMetricsRoute(*metrics, &router);
   if (auto s = http.Start(); !s.ok()) {
     (*engine)->Stop();
     return Fail(s);
@@ -233,6 +252,9 @@ int ServeCommand(const Args& args) {
   go.host = v.host;
   go.port = v.grpc_port;
   go.max_message_bytes = v.grpc_max_message_bytes;
+  go.on_call_done = [m = *metrics](const std::string& method, const std::string& code) {
+    m->RecordGrpcRequest(method, code);
+  };
   auto grpc = StartGrpcServer(ctx, go);
   if (!grpc.ok()) {
     http.Stop();
@@ -249,24 +271,45 @@ int ServeCommand(const Args& args) {
   LogLine(absl::StrCat("bmserve serve: listening on http://", v.host, ":", http.port()));
   LogLine(absl::StrCat("bmserve serve: listening on grpc://", v.host, ":", (*grpc)->port()));
 
-  // Wait for SIGINT/SIGTERM, then drain.
+  // Wait for SIGINT/SIGTERM, then drain. The listeners stay open while draining so new
+  // requests get a clear 503/UNAVAILABLE instead of a refused connection.
   boost::asio::io_context signals_ioc;
   boost::asio::signal_set signals(signals_ioc, SIGINT, SIGTERM);
   signals.async_wait([](const boost::system::error_code&, int) {});
   signals_ioc.run();
-  LogLine("bmserve serve: shutting down (draining)");
+  LogLine(absl::StrCat("bmserve serve: shutting down (draining for up to ", v.drain_timeout,
+                       " s; a second signal exits at once)"));
   ctx.draining.store(true);
   (*grpc)->UpdateHealth();  // gRPC health NOT_SERVING now
-  http.StopAccepting();
+  signals_ioc.restart();
+  signals.async_wait([](const boost::system::error_code& ec, int signo) {
+    if (ec) return;  // cancelled: the drain finished
+    Log(LogLevel::kWarning, "bmserve serve: second signal, exiting without draining",
+        {{"signal", signo}});
+    std::_Exit(128 + signo);
+  });
+  std::thread second_signal([&signals_ioc] { signals_ioc.run(); });
+  auto busy = [&] {
+    const EngineStats st = (*engine)->Stats();
+    return st.running > 0 || st.waiting > 0 || http.counters().active_requests.load() > 0 ||
+           (*grpc)->active_calls() > 0;
+  };
   auto deadline = std::chrono::steady_clock::now() + Ms(v.drain_timeout);
-  while ((http.counters().active_requests.load() > 0 || (*grpc)->active_calls() > 0) &&
-         std::chrono::steady_clock::now() < deadline) {
+  while (busy() && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+  const EngineStats left = (*engine)->Stats();
+  LogLine(absl::StrCat("bmserve serve: drain ", busy() ? "timed out" : "complete",
+                       "; cancelling running=", left.running, " waiting=", left.waiting));
+  http.StopAccepting();
   (*engine)->Stop();  // what still runs finishes with "abort"
   std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let final frames flush
   (*grpc)->Shutdown(std::chrono::milliseconds(200));
   http.Stop();
+  (*metrics)->AttachEngine(nullptr);
+  signals.cancel();
+  signals_ioc.stop();
+  second_signal.join();
   LogLine("bmserve serve: stopped");
   return 0;
 }

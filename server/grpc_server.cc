@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "bmserve/v1/inference.grpc.pb.h"
@@ -10,6 +11,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "server/grpc_convert.h"
 #include "server/grpc_generate.h"
+#include "server/metrics_grpc.h"
 
 namespace bms {
 namespace pb = ::bmserve::v1;
@@ -227,6 +229,11 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> StartGrpcServer(ServerContext& ctx,
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &selected_port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(server->service_.get());
+  if (options.on_call_done) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+    creators.push_back(NewGrpcCallObserverFactory(options.on_call_done));
+    builder.experimental().SetInterceptorCreators(std::move(creators));
+  }
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || selected_port == 0) {
     if (server->server_ != nullptr) server->server_->Shutdown();

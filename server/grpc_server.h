@@ -8,6 +8,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -31,6 +32,9 @@ struct GrpcServerOptions {
   int64_t max_message_bytes = 4 << 20;  // larger request messages get RESOURCE_EXHAUSTED
   int worker_threads = 2;               // threads that drain engine events into responses
   bool reflection = true;               // grpc.reflection.v1alpha.ServerReflection
+  // Called when each call ends with its full method name and status code name (metrics);
+  // thread-safe; may be empty.
+  std::function<void(const std::string& method, const std::string& code)> on_call_done;
 };
 
 class GrpcServer {

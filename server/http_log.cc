@@ -1,19 +1,11 @@
 #include "server/http_log.h"
 
-#include <cstdio>
-#include <mutex>
-
-#include "absl/time/clock.h"
-#include "absl/time/time.h"
+#include "server/log.h"
 
 namespace bms {
 
-void LogLine(const std::string& line) {
-  static std::mutex mu;
-  std::string ts = absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone());
-  std::lock_guard<std::mutex> lock(mu);
-  std::fprintf(stderr, "%s %s\n", ts.c_str(), line.c_str());
-  std::fflush(stderr);
-}
+// Forwarded to the structured log (server/log.h): honours --log-format and --log-level; in JSON
+// the line's key=value pairs become fields.
+void LogLine(const std::string& line) { LogKeyValues(LogLevel::kInfo, line); }
 
 }  // namespace bms

@@ -1,4 +1,4 @@
-// Server log lines: one line per call on stderr, prefixed with a UTC timestamp, written whole
+// Server log lines: one record per call on stderr (server/log.h: text or JSON), written whole
 // (thread-safe). Used for the start-up configuration and the one-line-per-request log.
 #pragma once
 

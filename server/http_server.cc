@@ -15,7 +15,9 @@ HttpServer::HttpServer(const HttpRouter& router, const ServerLimits& limits,
       options_(std::move(options)),
       ioc_(options_.threads),
       acceptor_(net::make_strand(ioc_)),
-      retry_timer_(acceptor_.get_executor()) {}
+      retry_timer_(acceptor_.get_executor()) {
+  counters_.on_exchange_done = options_.on_exchange_done;
+}
 
 HttpServer::~HttpServer() { Stop(); }
 

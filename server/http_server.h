@@ -4,6 +4,7 @@
 // closes the listener and every connection and joins the threads.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -22,6 +23,8 @@ struct HttpServerOptions {
   std::string host = "127.0.0.1";
   int port = 8000;  // 0 = any free port (see HttpServer::port())
   int threads = 2;
+  // Called when each HTTP exchange ends, with its status (metrics); may be empty.
+  std::function<void(const HttpRequest&, int status)> on_exchange_done;
 };
 
 class HttpServer {

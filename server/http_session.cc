@@ -50,7 +50,11 @@ HttpSession::HttpSession(net::ip::tcp::socket socket, const HttpRouter& router,
 
 HttpSession::~HttpSession() {
   if (work_) work_->Abort();
-  if (in_exchange_) counters_->active_requests.fetch_sub(1);
+  if (in_exchange_) {
+    counters_->active_requests.fetch_sub(1);
+    // Gone mid-exchange (client disconnect): 499 ("client closed request") if nothing was sent.
+    if (counters_->on_exchange_done) counters_->on_exchange_done(request_, status_ ? status_ : 499);
+  }
   counters_->open_connections.fetch_sub(1);
 }
 
@@ -363,6 +367,7 @@ void HttpSession::FinishExchange() {
   if (!in_exchange_) return;
   in_exchange_ = false;
   counters_->active_requests.fetch_sub(1);
+  if (counters_->on_exchange_done) counters_->on_exchange_done(request_, status_);
   double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started_)
                   .count();
   LogLine(absl::StrFormat("request id=%s method=%s path=%s status=%d ms=%.1f%s",

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -29,6 +30,9 @@ struct HttpCounters {
   std::atomic<int64_t> open_connections{0};
   std::atomic<int64_t> active_requests{0};
   std::atomic<int64_t> requests_total{0};
+  // Called once per exchange when it ends (response complete, or the connection gone), on the
+  // connection's strand; set before the server starts (metrics).
+  std::function<void(const HttpRequest&, int status)> on_exchange_done;
 };
 
 class HttpSession : public std::enable_shared_from_this<HttpSession>, public HttpResponder {

@@ -1,7 +1,10 @@
 // Shared helpers of the checkpoint writers and the safetensors writers (single and sharded).
 #include "tools/checkpoint_writer.h"
 
+#include <algorithm>
+#include <functional>
 #include <map>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -16,6 +19,42 @@ uint64_t NumBytes(const ExpectedTensor& spec, DType dtype) {
   uint64_t n = DTypeSize(dtype);
   for (int64_t s : spec.shape) n *= static_cast<uint64_t>(s);
   return n;
+}
+
+// t converted to dtype (t.dtype != dtype), element ranges in parallel for large tensors.
+HostTensor ConvertParallel(const HostTensor& t, DType dtype) {
+  const size_t n = static_cast<size_t>(t.numel());
+  HostTensor out;
+  out.dtype = dtype;
+  out.shape = t.shape;
+  std::function<void(size_t, size_t)> convert;
+  if (dtype == DType::kF32) {
+    auto buf = std::make_shared<std::vector<float>>(n);
+    convert = [&t, p = buf->data()](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) p[i] = t.At(static_cast<int64_t>(i));
+    };
+    out.data = buf->data();
+    out.owner = buf;
+  } else {
+    auto buf = std::make_shared<std::vector<uint16_t>>(n);
+    const bool bf16 = dtype == DType::kBF16;
+    convert = [&t, bf16, p = buf->data()](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) {
+        float v = t.At(static_cast<int64_t>(i));
+        p[i] = bf16 ? F32ToBF16(v) : F32ToF16(v);
+      }
+    };
+    out.data = buf->data();
+    out.owner = buf;
+  }
+  size_t n_threads = std::min<size_t>(std::max(1u, std::thread::hardware_concurrency()), 32);
+  n_threads = std::min(n_threads, n / (size_t{1} << 20) + 1);
+  std::vector<std::thread> threads;
+  for (size_t k = 0; k < n_threads; ++k) {
+    threads.emplace_back(convert, n * k / n_threads, n * (k + 1) / n_threads);
+  }
+  for (std::thread& th : threads) th.join();
+  return out;
 }
 
 }  // namespace
@@ -47,7 +86,7 @@ absl::StatusOr<HostTensor> PullTensor(const ExpectedTensor& spec, DType dtype,
     return absl::InvalidArgumentError(absl::StrCat("tensor ", spec.name, " has no data"));
   }
   if (t->dtype == dtype) return t;
-  return HostTensor::Convert(t->ToF32(), t->shape, dtype);
+  return ConvertParallel(*t, dtype);
 }
 
 absl::Status WriteSafetensorsStream(const std::string& path,
