@@ -58,7 +58,7 @@ int InspectCommand(const Args& args) {
         "d_state %d, vocab %d, %.1fM params (%.1fM active)\n",
         config->num_layers, config->num_mamba_layers(), config->num_moe_layers(), config->n_experts,
         config->d_model, config->d_inner(), config->d_state, config->vocab_size,
-        config->TotalParams() / 1e9, config->ActiveParams() / 1e9);
+        config->TotalParams() / 1e6, config->ActiveParams() / 1e6);
     if (tensors.ok()) {
       for (std::string& p : CheckTensors(*config, *tensors)) problems.push_back(std::move(p));
       std::set<std::string> expected;
