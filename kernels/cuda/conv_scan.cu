@@ -8,10 +8,10 @@ namespace bms::cuda {
 namespace {
 
 constexpr int kConvThreads = 128;
-constexpr int kScanThreads = 32;  // one warp: more blocks (SMs) for one long prompt
-constexpr int kScanState = 16;    // d_state held in registers
-constexpr int kScanChunk = 32;    // time steps of B and C staged in shared memory
-constexpr int kScanPrefetch = 8;  // time steps of u, dt, z loaded ahead
+constexpr int kScanState = 16;    // d_state: one thread per (channel, state)
+constexpr int kScanChannels = 8;  // channels per block
+constexpr int kScanThreads = kScanState * kScanChannels;
+constexpr int kScanChunk = 32;  // time steps staged in shared memory at a time
 
 // The sequence that owns packed token t: the largest b with cu_seqlens[b] <= t.
 __device__ __forceinline__ int FindSeq(const int32_t* cu_seqlens, int batch, int t) {
@@ -79,13 +79,25 @@ __global__ void __launch_bounds__(kConvThreads) ConvStateKernel(CausalConv1dPara
   }
 }
 
-// Grid (channel blocks, batch); one thread per channel keeps the 16 fp32 states in registers
-// and walks the sequence's tokens in order; B and C rows are staged through shared memory.
+// Grid (channel groups, batch); a block of 128 threads covers kScanChannels = 8 channels and one
+// thread owns one (channel, state) pair: its fp32 state lives in a register for the whole
+// sequence, and y = sum_n h[n] * C[n] is a 16-lane shuffle reduction. Per chunk of kScanChunk
+// time steps the block stages B, C and the per-channel step inputs (dt after bias + softplus,
+// dt * u, u, SiLU(z)) in shared memory, walks the steps in order, and writes the chunk's
+// outputs back from shared memory.
 template <typename T, typename S>
 __global__ void __launch_bounds__(kScanThreads) ScanKernel(SelectiveScanParams p) {
   __shared__ float Bs[kScanChunk][kScanState];
   __shared__ float Cs[kScanChunk][kScanState];
-  const int c = blockIdx.x * kScanThreads + threadIdx.x;
+  __shared__ float dts[kScanChunk][kScanChannels];
+  __shared__ float dus[kScanChunk][kScanChannels];
+  __shared__ float us[kScanChunk][kScanChannels];
+  __shared__ float gates[kScanChunk][kScanChannels];
+  __shared__ float ys[kScanChunk][kScanChannels];
+  const int tid = threadIdx.x;
+  const int n = tid % kScanState, lc = tid / kScanState;  // state, local channel
+  const int c0 = blockIdx.x * kScanChannels;
+  const int c = c0 + lc;
   const int b = blockIdx.y;
   const int start = p.cu_seqlens[b];
   const int len = p.cu_seqlens[b + 1] - start;
@@ -93,16 +105,11 @@ __global__ void __launch_bounds__(kScanThreads) ScanKernel(SelectiveScanParams p
   const bool active = c < p.d_inner;
   const bool init = p.has_initial_state && p.has_initial_state[b];
   S* state = static_cast<S*>(p.ssm_state) + p.slots[b] * p.ssm_state_slot_stride +
-             static_cast<int64_t>(c) * kScanState;
-  float h[kScanState], A[kScanState];
-  float dbias = 0.f, Dc = 0.f;
+             static_cast<int64_t>(c) * kScanState + n;
+  float h = 0.f, A = 0.f, Dc = 0.f;
   if (active) {
-#pragma unroll
-    for (int n = 0; n < kScanState; ++n) {
-      h[n] = init ? ToF32(state[n]) : 0.f;
-      A[n] = p.A[c * kScanState + n];
-    }
-    if (p.delta_bias) dbias = p.delta_bias[c];
+    h = init ? ToF32(*state) : 0.f;
+    A = p.A[c * kScanState + n];
     if (p.D) Dc = p.D[c];
   }
   const T* U = static_cast<const T*>(p.u);
@@ -113,52 +120,44 @@ __global__ void __launch_bounds__(kScanThreads) ScanKernel(SelectiveScanParams p
   T* Out = static_cast<T*>(p.out);
   for (int t0 = 0; t0 < len; t0 += kScanChunk) {
     const int n_chunk = min(kScanChunk, len - t0);
-    __syncthreads();
-    for (int i = threadIdx.x; i < n_chunk * kScanState; i += kScanThreads) {
+    __syncthreads();  // the previous chunk's shared data is no longer read
+    for (int i = tid; i < n_chunk * kScanState; i += kScanThreads) {
       const int64_t row = start + t0 + i / kScanState;
       Bs[i / kScanState][i % kScanState] = ToF32(Bg[row * p.B_stride + i % kScanState]);
       Cs[i / kScanState][i % kScanState] = ToF32(Cg[row * p.C_stride + i % kScanState]);
     }
-    __syncthreads();
-    if (!active) continue;
-    // Per-step inputs are loaded kScanPrefetch steps at a time so their loads overlap; the
-    // recurrence itself runs in time order with the same arithmetic as the reference.
-    for (int s0 = 0; s0 < n_chunk; s0 += kScanPrefetch) {
-      float uv[kScanPrefetch], dv[kScanPrefetch], zv[kScanPrefetch];
-#pragma unroll
-      for (int i = 0; i < kScanPrefetch; ++i) {
-        uv[i] = dv[i] = zv[i] = 0.f;
-        if (s0 + i < n_chunk) {
-          const int64_t row = start + t0 + s0 + i;
-          uv[i] = ToF32(U[row * p.u_stride + c]);
-          dv[i] = ToF32(Dt[row * p.delta_stride + c]);
-          if (Z) zv[i] = ToF32(Z[row * p.z_stride + c]);
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < kScanPrefetch; ++i) {
-        if (s0 + i >= n_chunk) break;
-        const int tt = s0 + i;
-        const float u = uv[i];
-        float dt = dv[i] + dbias;
+    for (int i = tid; i < n_chunk * kScanChannels; i += kScanThreads) {
+      const int tt = i / kScanChannels, lch = i % kScanChannels, ch = c0 + lch;
+      float dt = 0.f, u = 0.f, gate = 0.f;  // channels past d_inner: zeros, never stored
+      if (ch < p.d_inner) {
+        const int64_t row = start + t0 + tt;
+        u = ToF32(U[row * p.u_stride + ch]);
+        dt = ToF32(Dt[row * p.delta_stride + ch]) + (p.delta_bias ? p.delta_bias[ch] : 0.f);
         if (p.delta_softplus) dt = SoftplusF(dt);
-        const float du = dt * u;
-        float y = 0.f;
-#pragma unroll
-        for (int n = 0; n < kScanState; ++n) {
-          h[n] = h[n] * expf(dt * A[n]) + du * Bs[tt][n];
-          y += h[n] * Cs[tt][n];
-        }
-        y += Dc * u;
-        if (Z) y *= SiluF(zv[i]);
-        Out[(start + t0 + tt) * p.out_stride + c] = FromF32<T>(y);
+        gate = Z ? SiluF(ToF32(Z[row * p.z_stride + ch])) : 1.f;
       }
+      dts[tt][lch] = dt;
+      dus[tt][lch] = dt * u;
+      us[tt][lch] = u;
+      gates[tt][lch] = gate;
+    }
+    __syncthreads();
+    // Every lane takes part (the shuffles need the full warp); inactive channels compute zeros.
+    for (int tt = 0; tt < n_chunk; ++tt) {
+      h = h * expf(dts[tt][lc] * A) + dus[tt][lc] * Bs[tt][n];
+      float y = h * Cs[tt][n];
+#pragma unroll
+      for (int o = kScanState / 2; o > 0; o >>= 1) y += __shfl_xor_sync(0xffffffffu, y, o);
+      if (n == 0) ys[tt][lc] = (y + Dc * us[tt][lc]) * gates[tt][lc];
+    }
+    __syncthreads();
+    for (int i = tid; i < n_chunk * kScanChannels; i += kScanThreads) {
+      const int tt = i / kScanChannels, ch = c0 + i % kScanChannels;
+      if (ch < p.d_inner)
+        Out[(start + t0 + tt) * p.out_stride + ch] = FromF32<T>(ys[tt][i % kScanChannels]);
     }
   }
-  if (active) {
-#pragma unroll
-    for (int n = 0; n < kScanState; ++n) state[n] = FromF32<S>(h[n]);
-  }
+  if (active) *state = FromF32<S>(h);
 }
 
 }  // namespace
@@ -207,7 +206,7 @@ absl::Status SelectiveScanVarlen(const SelectiveScanParams& p_in, Stream stream)
     return DispatchState(p.ssm_state_dtype, [&](auto s) {
       using S = decltype(s);
       ScanKernel<T, S>
-          <<<dim3(CeilDiv(p.d_inner, kScanThreads), p.batch), kScanThreads, 0, stream>>>(p);
+          <<<dim3(CeilDiv(p.d_inner, kScanChannels), p.batch), kScanThreads, 0, stream>>>(p);
       return 0;
     });
   });
