@@ -193,10 +193,11 @@ absl::Status CudaBackendImpl::Init(const ModelWeights& weights) {
   routing_counts_ = std::move(*cbuf);
   BMS_RETURN_IF_ERROR(cuda::FillBytes(routing_counts_.get(), 0, counts_bytes, stream_));
 
-  auto gemm = cuda::GemmRunner::Create();
+  auto gemm = cuda::GemmRunner::Create(kGemmWorkspaceBytes);
   if (!gemm.ok()) return gemm.status();
   gemm_ = std::move(*gemm);
   BMS_RETURN_IF_ERROR(cuda::SynchronizeStream(stream_));
+  UpdateBytesInUse();
   std::fprintf(stderr,
                "cuda backend: %s; %s weights %.3f GiB; %d state slots (+1 padding) x %zu bytes "
                "(%s) = %.3f GiB\n",
@@ -350,6 +351,21 @@ absl::StatusOr<std::vector<int64_t>> CudaBackendImpl::ReadRoutingCounts() {
   std::vector<uint64_t> raw(n);
   BMS_RETURN_IF_ERROR(cuda::CopyToHost(raw.data(), routing_counts_.get(), n * 8));
   return std::vector<int64_t>(raw.begin(), raw.end());
+}
+
+std::vector<std::vector<int64_t>> CudaBackendImpl::ExpertTokenCounts() {
+  auto flat = ReadRoutingCounts();
+  if (!flat.ok()) return {};
+  std::vector<std::vector<int64_t>> out(config_.num_moe_layers());
+  for (size_t l = 0; l < out.size(); ++l)
+    out[l].assign(flat->begin() + l * config_.n_experts,
+                  flat->begin() + (l + 1) * config_.n_experts);
+  return out;
+}
+
+void CudaBackendImpl::UpdateBytesInUse() {
+  bytes_in_use_.store(weights_.size() + state_.size() + routing_counts_.size() + ws_.buffer.size() +
+                      meta_dev_.size() + kGemmWorkspaceBytes);
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const ModelWeights& weights,

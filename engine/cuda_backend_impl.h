@@ -4,6 +4,7 @@
 // reached through kernels/cuda/device_memory.h). Not thread-safe.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -17,6 +18,8 @@
 #include "kernels/cuda/ops.h"
 
 namespace bms {
+
+inline constexpr size_t kGemmWorkspaceBytes = 32 << 20;  // cuBLASLt workspace
 
 class CudaBackendImpl : public CudaBackend {
  public:
@@ -32,6 +35,10 @@ class CudaBackendImpl : public CudaBackend {
   absl::Status CopyState(int src_slot, int dst_slot) override;
   absl::StatusOr<std::vector<float>> ReadState(int slot) override;
   absl::StatusOr<std::vector<int64_t>> ReadRoutingCounts() override;
+  // ReadRoutingCounts as [num_moe_layers][n_experts]; empty if the device read fails.
+  std::vector<std::vector<int64_t>> ExpertTokenCounts() override;
+  // Weights + state pool + activations + GEMM workspace + step metadata (any thread).
+  size_t memory_bytes_in_use() const override { return bytes_in_use_.load(); }
   size_t weight_bytes() const override { return weights_.size(); }
   size_t state_pool_bytes() const override { return state_.size(); }
 
@@ -101,6 +108,7 @@ class CudaBackendImpl : public CudaBackend {
   absl::Status MambaForward(const MambaLayer& l, int T, int S);
   absl::Status MlpForward(const MlpLayer& l, int T);
   cuda::StateStorage state_storage() const;
+  void UpdateBytesInUse();
 
   ModelConfig config_;
   int num_slots_ = 0;
@@ -130,6 +138,7 @@ class CudaBackendImpl : public CudaBackend {
   const int32_t* d_rows_ = nullptr;           // [R]
   const int32_t* d_dense_offsets_ = nullptr;  // [2] = {0, T}
   const uint8_t* d_has_state_ = nullptr;      // [S]
+  std::atomic<size_t> bytes_in_use_{0};       // memory_bytes_in_use(), read from any thread
 };
 
 }  // namespace bms

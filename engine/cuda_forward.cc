@@ -88,6 +88,7 @@ absl::Status CudaBackendImpl::EnsureWorkspace(int tokens, int logit_rows) {
       off, absl::StrCat("activations for ", tokens, " tokens and ", logit_rows, " logits rows"));
   if (!buf.ok()) {
     ws_ = Workspace();
+    UpdateBytesInUse();
     return buf.status();
   }
   w.buffer = std::move(*buf);
@@ -100,6 +101,7 @@ absl::Status CudaBackendImpl::EnsureWorkspace(int tokens, int logit_rows) {
   w.tokens = tokens;
   w.logit_rows = logit_rows;
   ws_ = std::move(w);
+  UpdateBytesInUse();
   return absl::OkStatus();
 }
 
@@ -116,6 +118,7 @@ absl::Status CudaBackendImpl::EnsureMeta(size_t bytes) {
   if (!dev.ok()) return dev.status();
   meta_dev_ = std::move(*dev);
   meta_capacity_ = bytes;
+  UpdateBytesInUse();
   return absl::OkStatus();
 }
 

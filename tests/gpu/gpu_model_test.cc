@@ -268,6 +268,12 @@ TEST_P(ModelTest, StateCopyRoutingCountsAndValidation) {
     for (int e = 0; e < c.n_experts; ++e) sum += (*counts)[l * c.n_experts + e];
     EXPECT_EQ(sum, 20) << "MoE layer " << l;
   }
+  const auto nested = p.gpu->ExpertTokenCounts();  // the engine's metrics view of the same
+  ASSERT_EQ(nested.size(), static_cast<size_t>(c.num_moe_layers()));
+  for (int l = 0; l < c.num_moe_layers(); ++l)
+    for (int e = 0; e < c.n_experts; ++e) EXPECT_EQ(nested[l][e], (*counts)[l * c.n_experts + e]);
+  EXPECT_GE(p.gpu->memory_bytes_in_use(),
+            cuda_backend->weight_bytes() + cuda_backend->state_pool_bytes());
 
   // Invalid inputs: InvalidArgument, and no state changes.
   const auto before = p.gpu->ReadState(2);
