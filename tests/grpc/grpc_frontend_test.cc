@@ -1,0 +1,243 @@
+// In-process tests of the gRPC frontend (server/grpc_*) against a scripted fake Engine:
+// health follows readiness and draining (Check and Watch), events that pile up before a write
+// are coalesced into one message, a stop string ends its choice and abandons the engine
+// request, engine errors and Submit statuses map to gRPC codes.
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bmserve/v1/inference.grpc.pb.h"
+#include "engine/engine.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "server/grpc_server.h"
+#include "server/server_context.h"
+#include "tokenizer/tokenizer.h"
+
+namespace bms {
+namespace {
+
+namespace pb = ::bmserve::v1;
+using ::grpc::health::v1::HealthCheckRequest;
+using ::grpc::health::v1::HealthCheckResponse;
+
+class FakeEngine final : public Engine {
+ public:
+  using SubmitFn = std::function<absl::StatusOr<std::shared_ptr<EventChannel>>(GenerateRequest)>;
+  FakeEngine() { config_ = *ModelConfig::Preset("tiny"); }
+
+  absl::Status Start() override { return absl::OkStatus(); }
+  void Stop() override {}
+  absl::StatusOr<std::shared_ptr<EventChannel>> Submit(GenerateRequest request) override {
+    return submit(std::move(request));
+  }
+  absl::Status Cancel(const std::string& id) override {
+    return absl::NotFoundError("no live request with id '" + id + "'");
+  }
+  EngineStats Stats() const override {
+    EngineStats s;
+    s.ready = ready.load();
+    s.slots_total = 4;
+    return s;
+  }
+  const ModelConfig& config() const override { return config_; }
+  const EngineOptions& options() const override { return options_; }
+
+  std::atomic<bool> ready{false};
+  SubmitFn submit;
+
+ private:
+  ModelConfig config_;
+  EngineOptions options_;
+};
+
+// One token event per byte of `text` for `choice`.
+void PushText(EventChannel& ch, int choice, const std::string& text) {
+  for (unsigned char c : text) {
+    GenerationEvent ev;
+    ev.choice = choice;
+    ev.token_ids = {static_cast<int32_t>(c)};
+    ev.prompt_tokens = 1;
+    ch.Push(ev);
+  }
+}
+
+void PushFinish(EventChannel& ch, int choice, FinishReason reason, absl::Status error = {}) {
+  GenerationEvent ev;
+  ev.choice = choice;
+  ev.finish = reason;
+  ev.error = std::move(error);
+  ev.prompt_tokens = 1;
+  ch.Push(ev);
+}
+
+class GrpcFrontendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tokenizer_ = Tokenizer::ByteFallback();
+    ctx_.engine = &engine_;
+    ctx_.tokenizer = tokenizer_.get();
+    ctx_.served_model_name = "fake";
+    ctx_.vocab_size = engine_.config().vocab_size;
+    GrpcServerOptions options;
+    options.port = 0;
+    auto server = StartGrpcServer(ctx_, options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = pb::Inference::NewStub(channel_);
+    health_ = grpc::health::v1::Health::NewStub(channel_);
+  }
+  void TearDown() override { server_->Shutdown(std::chrono::milliseconds(0)); }
+
+  HealthCheckResponse::ServingStatus Check() {
+    grpc::ClientContext ctx;
+    HealthCheckResponse resp;
+    EXPECT_TRUE(health_->Check(&ctx, HealthCheckRequest(), &resp).ok());
+    return resp.status();
+  }
+
+  grpc::Status Generate(const pb::GenerateRequest& req, std::vector<pb::GenerateResponse>* out) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    auto reader = stub_->Generate(&ctx, req);
+    pb::GenerateResponse r;
+    while (reader->Read(&r)) out->push_back(r);
+    return reader->Finish();
+  }
+
+  FakeEngine engine_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  ServerContext ctx_;
+  std::unique_ptr<GrpcServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<pb::Inference::Stub> stub_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+};
+
+pb::GenerateRequest TextRequest(bool stream) {
+  pb::GenerateRequest req;
+  req.set_text("x");
+  req.set_stream(stream);
+  return req;
+}
+
+TEST_F(GrpcFrontendTest, HealthFollowsReadinessAndDraining) {
+  EXPECT_EQ(Check(), HealthCheckResponse::NOT_SERVING);
+  std::vector<pb::GenerateResponse> out;
+  grpc::Status s = Generate(TextRequest(true), &out);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(s.error_message().find("not ready"), std::string::npos) << s.error_message();
+
+  grpc::ClientContext wctx;
+  auto watch = health_->Watch(&wctx, HealthCheckRequest());
+  HealthCheckResponse h;
+  ASSERT_TRUE(watch->Read(&h));
+  EXPECT_EQ(h.status(), HealthCheckResponse::NOT_SERVING);
+
+  engine_.ready = true;
+  server_->UpdateHealth();
+  ASSERT_TRUE(watch->Read(&h));
+  EXPECT_EQ(h.status(), HealthCheckResponse::SERVING);
+  EXPECT_EQ(Check(), HealthCheckResponse::SERVING);
+
+  ctx_.draining = true;
+  server_->UpdateHealth();
+  ASSERT_TRUE(watch->Read(&h));
+  EXPECT_EQ(h.status(), HealthCheckResponse::NOT_SERVING);
+  out.clear();
+  s = Generate(TextRequest(true), &out);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(s.error_message().find("draining"), std::string::npos) << s.error_message();
+  wctx.TryCancel();
+}
+
+// 1000 events queued before the reactor's first write become one Complete.
+TEST_F(GrpcFrontendTest, PendingEventsAreCoalesced) {
+  engine_.ready = true;
+  std::string text(1000, 'a');
+  engine_.submit = [&](GenerateRequest r) -> absl::StatusOr<std::shared_ptr<EventChannel>> {
+    EXPECT_EQ(r.prompt_ids, std::vector<int32_t>{'x'});
+    auto ch = std::make_shared<EventChannel>();
+    PushText(*ch, 0, text);
+    PushFinish(*ch, 0, FinishReason::kLength);
+    return ch;
+  };
+  std::vector<pb::GenerateResponse> out;
+  ASSERT_TRUE(Generate(TextRequest(true), &out).ok());
+  ASSERT_EQ(out.size(), 1u);
+  ASSERT_TRUE(out[0].has_complete());
+  EXPECT_EQ(out[0].complete().text(), text);
+  EXPECT_EQ(out[0].complete().token_ids_size(), 1000);
+  EXPECT_EQ(out[0].complete().usage().completion_tokens(), 1000);
+  EXPECT_EQ(out[0].complete().finish_reason(), pb::FINISH_REASON_LENGTH);
+}
+
+TEST_F(GrpcFrontendTest, StopStringEndsChoiceAndAbandonsEngineRequest) {
+  engine_.ready = true;
+  std::shared_ptr<EventChannel> channel;
+  engine_.submit = [&](GenerateRequest r) -> absl::StatusOr<std::shared_ptr<EventChannel>> {
+    EXPECT_EQ(r.n, 2);
+    channel = std::make_shared<EventChannel>();
+    PushText(*channel, 0, "hello world and more");  // the engine would go on
+    PushText(*channel, 1, "abc");
+    PushFinish(*channel, 1, FinishReason::kLength);
+    return channel;
+  };
+  pb::GenerateRequest req = TextRequest(false);
+  req.set_n(2);
+  req.mutable_sampling()->add_stop("wor");
+  std::vector<pb::GenerateResponse> out;
+  ASSERT_TRUE(Generate(req, &out).ok());
+  ASSERT_EQ(out.size(), 2u);
+  std::map<int, pb::Complete> by_choice;
+  for (const auto& r : out) {
+    ASSERT_TRUE(r.has_complete());
+    by_choice[r.complete().index()] = r.complete();
+  }
+  EXPECT_EQ(by_choice[0].text(), "hello ");
+  EXPECT_EQ(by_choice[0].finish_reason(), pb::FINISH_REASON_STOP);
+  EXPECT_EQ(by_choice[0].stop_string(), "wor");
+  EXPECT_EQ(by_choice[0].usage().completion_tokens(), 9);  // through the 'r' of "wor"
+  EXPECT_EQ(by_choice[1].text(), "abc");
+  EXPECT_EQ(by_choice[1].finish_reason(), pb::FINISH_REASON_LENGTH);
+  ASSERT_NE(channel, nullptr);
+  EXPECT_TRUE(channel->abandoned());
+}
+
+TEST_F(GrpcFrontendTest, EngineErrorsMapToStatusCodes) {
+  engine_.ready = true;
+  engine_.submit = [](GenerateRequest) -> absl::StatusOr<std::shared_ptr<EventChannel>> {
+    return absl::ResourceExhaustedError("the waiting queue is full");
+  };
+  std::vector<pb::GenerateResponse> out;
+  EXPECT_EQ(Generate(TextRequest(true), &out).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+
+  engine_.submit = [](GenerateRequest) -> absl::StatusOr<std::shared_ptr<EventChannel>> {
+    auto ch = std::make_shared<EventChannel>();
+    PushText(*ch, 0, "ab");
+    PushFinish(*ch, 0, FinishReason::kError, absl::InternalError("backend step failed"));
+    return ch;
+  };
+  out.clear();
+  grpc::Status s = Generate(TextRequest(true), &out);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INTERNAL);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].chunk().text(), "ab");
+  ASSERT_TRUE(out[1].has_error());
+  EXPECT_EQ(out[1].error().code(), static_cast<int>(grpc::StatusCode::INTERNAL));
+  EXPECT_EQ(out[1].error().message(), "backend step failed");
+
+  grpc::ClientContext actx;
+  pb::AbortRequest areq;
+  areq.set_request_id("unknown");
+  pb::AbortResponse aresp;
+  EXPECT_EQ(stub_->Abort(&actx, areq, &aresp).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+}  // namespace
+}  // namespace bms
