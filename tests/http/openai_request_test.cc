@@ -1,9 +1,10 @@
 // Unit tests of the OpenAI request parsing (no server): field validation names the field,
 // prompt shapes, chat templates, and the response JSON helpers.
+#include "server/openai_request.h"
+
 #include <gtest/gtest.h>
 
 #include "server/chat_template.h"
-#include "server/openai_request.h"
 #include "server/openai_response.h"
 
 namespace bms {
@@ -108,19 +109,18 @@ TEST_F(OpenAiRequestTest, SamplingFieldsReachTheEngineRequest) {
 }
 
 TEST_F(OpenAiRequestTest, ChatAppliesTheTemplate) {
+  ctx_.limits.max_prompt_tokens = 1000;
   ASSERT_FALSE(Chat(R"({"messages": [{"role": "system", "content": "S"},
                                      {"role": "user", "content": [{"type": "text", "text": "U"}]}],
                         "max_completion_tokens": 5, "logprobs": true, "top_logprobs": 3})"));
   EXPECT_EQ(spec_.prompt_texts[0], "S\n\nUser: U\nAssistant:");
   EXPECT_EQ(spec_.sampling.max_tokens, 5);
   EXPECT_EQ(spec_.top_logprobs, 3);
-  ctx_.limits.max_prompt_tokens = 1000;
   ASSERT_FALSE(Chat(R"({"messages": [{"role": "user", "content": "U"}]})"));
   // Default max_tokens: the rest of the context (100 - prompt length).
   EXPECT_EQ(spec_.sampling.max_tokens, 100 - static_cast<int>(spec_.prompts[0].size()));
   EXPECT_EQ(Chat(R"({"messages": []})")->param, "messages");
-  EXPECT_EQ(Chat(R"({"messages": [{"role": "bot", "content": "x"}]})")->param,
-            "messages[0].role");
+  EXPECT_EQ(Chat(R"({"messages": [{"role": "bot", "content": "x"}]})")->param, "messages[0].role");
   EXPECT_EQ(Chat(R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})")->param,
             "messages[0].content");
 }
