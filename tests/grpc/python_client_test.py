@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """An independent bmserve.v1 client in Python (Debian python3-grpcio), run against a real
 `bmserve serve --demo`: streaming Generate with n = 2 and a seed, checked against a
-non-streaming call, the Detokenize RPC and the usage counts; plus one bad request.
+non-streaming call, the Detokenize RPC and the usage counts; one bad request; and server
+reflection listing the services.
 
 usage: python_client_test.py --bmserve BIN --proto-dir DIR   (run with /usr/bin/python3)
 Stubs are generated at run time with protoc --python_out and the grpc_python_plugin.
@@ -119,6 +120,13 @@ def main():
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e.code()
             assert "temperature" in e.details(), e.details()
+        # Server reflection lists the services (raw ServerReflectionRequest{list_services: ""}).
+        reflect = channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        listing = b"".join(reflect(iter([b"\x3a\x00"]), timeout=30))
+        for service in (b"bmserve.v1.Inference", b"grpc.health.v1.Health"):
+            assert service in listing, listing
         channel.close()
     finally:
         proc.send_signal(signal.SIGTERM)
