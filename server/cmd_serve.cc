@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <new>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -18,6 +19,7 @@
 #include "engine/cpu_backend.h"
 #include "engine/engine.h"
 #include "engine/model_weights.h"
+#include "server/auth.h"
 #include "server/commands.h"
 #include "server/flags.h"
 #include "server/grpc_server.h"
@@ -63,6 +65,14 @@ struct ServeFlags {
   std::string log_format = "text";
   std::string log_level = "info";
   double moe_metrics_window = 60;
+  std::vector<std::string> api_keys;
+  int64_t max_header_bytes = 64 << 10;
+  int max_connections = 4096;
+  int max_stop_strings = 16;
+  int max_stop_string_bytes = 256;
+  int max_logit_bias = 1024;
+  int max_messages = 1024;
+  int max_stop_token_ids = 1024;
 };
 
 void Register(FlagSet& f, ServeFlags& v) {
@@ -91,7 +101,22 @@ void Register(FlagSet& f, ServeFlags& v) {
   f.Int64("max-buffered-output", &v.max_buffered_output, "output bytes buffered per connection");
   f.Int("demo-seed", &v.demo_seed, "seed of the demo model's random weights");
   f.Int("cpu-threads", &v.cpu_threads, "CPU backend threads (0 = all cores)");
-  f.String("fault-injection", &v.fault_injection, "test only: step-fail:N");
+  f.String("fault-injection", &v.fault_injection,
+           "test only: step-fail:N makes every Nth backend step fail (its requests finish with "
+           "an error; the server keeps running)");
+  f.StringList("api-key", &v.api_keys,
+               "require 'Authorization: Bearer KEY' (gRPC metadata authorization) on /v1/*, "
+               "/tokenize, /detokenize and every bmserve.v1 gRPC method; /health, /ready, "
+               "/metrics, gRPC health and reflection stay open; repeat the flag or give a comma "
+               "list for several keys");
+  f.Int64("max-header-bytes", &v.max_header_bytes, "larger HTTP request headers get 431");
+  f.Int("max-connections", &v.max_connections,
+        "concurrent HTTP connections; more get 429 and are closed");
+  f.Int("max-stop-strings", &v.max_stop_strings, "more 'stop' strings per request get 400");
+  f.Int("max-stop-string-bytes", &v.max_stop_string_bytes, "longer 'stop' strings get 400");
+  f.Int("max-logit-bias", &v.max_logit_bias, "more 'logit_bias' entries get 400");
+  f.Int("max-messages", &v.max_messages, "more chat 'messages' get 400");
+  f.Int("max-stop-token-ids", &v.max_stop_token_ids, "more 'stop_token_ids' get 400");
   f.String("log-format", &v.log_format, "text, or json (one JSON object per line)");
   f.String("log-level", &v.log_level, "debug, info, warning or error");
   f.Double("moe-metrics-window", &v.moe_metrics_window,
@@ -117,8 +142,18 @@ absl::Status CheckFlags(const ServeFlags& v) {
                          {"max-buffered-output", static_cast<double>(v.max_buffered_output)},
                          {"max-n", v.max_n},
                          {"max-tokens-limit", v.max_tokens_limit},
-                         {"max-prompt-tokens", v.max_prompt_tokens}}) {
+                         {"max-prompt-tokens", v.max_prompt_tokens},
+                         {"max-header-bytes", static_cast<double>(v.max_header_bytes)},
+                         {"max-connections", v.max_connections},
+                         {"max-stop-strings", v.max_stop_strings},
+                         {"max-stop-string-bytes", v.max_stop_string_bytes},
+                         {"max-logit-bias", v.max_logit_bias},
+                         {"max-messages", v.max_messages},
+                         {"max-stop-token-ids", v.max_stop_token_ids}}) {
     if (auto s = positive(name, x); !s.ok()) return s;
+  }
+  if (v.max_header_bytes > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError("flag --max-header-bytes must be at most 1073741824");
   }
   if (v.drain_timeout < 0) return absl::InvalidArgumentError("flag --drain-timeout must be >= 0");
   if (v.max_num_seqs < 0) return absl::InvalidArgumentError("flag --max-num-seqs must be >= 0");
@@ -184,6 +219,11 @@ int ServeCommand(const Args& args) {
   const ModelConfig config = weights.config;
 
   ServerContext ctx;
+  if (auto keys = ApiKeys::Create(v.api_keys); keys.ok()) {
+    ctx.api_keys = *std::move(keys);
+  } else {
+    return Fail(keys.status());
+  }
   if (!v.chat_template.empty()) {
     auto t = ChatTemplate::FromFile(v.chat_template);
     if (!t.ok()) return Fail(t.status());
@@ -200,7 +240,15 @@ int ServeCommand(const Args& args) {
     bo.num_slots = static_cast<int>(
         std::clamp<int64_t>(v.state_memory_budget / std::max<size_t>(slot_bytes, 1), 1, 256));
   }
-  auto backend = CreateBackend(v.backend, weights, bo);
+  // The state pool is allocated here: an impossible size is a clear error, not a crash.
+  absl::StatusOr<std::unique_ptr<Backend>> backend = absl::InternalError("not created");
+  try {
+    backend = CreateBackend(v.backend, weights, bo);
+  } catch (const std::bad_alloc&) {
+    return Fail(absl::ResourceExhaustedError(absl::StrCat(
+        "cannot allocate the state of ", bo.num_slots, " slots (", slot_bytes,
+        " bytes each): lower --max-num-seqs or --state-memory-budget")));
+  }
   if (!backend.ok()) return Fail(backend.status());
   EngineOptions eo;
   eo.max_num_batched_tokens = v.max_num_batched_tokens;
@@ -232,6 +280,13 @@ int ServeCommand(const Args& args) {
   ctx.limits.write_timeout = Ms(v.write_timeout);
   ctx.limits.idle_timeout = Ms(v.idle_timeout);
   ctx.limits.max_buffered_output = static_cast<size_t>(v.max_buffered_output);
+  ctx.limits.max_header_bytes = v.max_header_bytes;
+  ctx.limits.max_connections = v.max_connections;
+  ctx.limits.max_stop_strings = v.max_stop_strings;
+  ctx.limits.max_stop_string_bytes = v.max_stop_string_bytes;
+  ctx.limits.max_logit_bias = v.max_logit_bias;
+  ctx.limits.max_messages = v.max_messages;
+  ctx.limits.max_stop_token_ids = v.max_stop_token_ids;
 
   // Frontends.
   HttpRouter router;
@@ -241,6 +296,7 @@ int ServeCommand(const Args& args) {
   ho.threads = v.http_threads;
   ho.on_exchange_done = HttpMetricsHook(*metrics, &router);
   HttpServer http(router, ctx.limits, ho);
+  router.AddFilter(MakeHttpAuthFilter(&ctx.api_keys));
   AddOpenAiRoutes(ctx, &http.counters(), &router);
   AddMetricsRoute(*metrics, &router);
   if (auto s = http.Start(); !s.ok()) {
@@ -268,6 +324,12 @@ int ServeCommand(const Args& args) {
       demo ? " (demo: tiny preset, random weights)" : "", " layers=", config.num_layers,
       " d_model=", config.d_model, " vocab=", config.vocab_size, " tokenizer=", tokenizer->name(),
       " backend=", v.backend, " slots=", bo.num_slots, " state_bytes_per_slot=", slot_bytes));
+  if (!ctx.api_keys.enabled() && v.host != "127.0.0.1" && v.host != "::1" &&
+      v.host != "localhost") {
+    Log(LogLevel::kWarning,
+        absl::StrCat("bmserve serve: listening on ", v.host,
+                     " without --api-key: anyone who can reach this address can use the API"));
+  }
   LogLine(absl::StrCat("bmserve serve: listening on http://", v.host, ":", http.port()));
   LogLine(absl::StrCat("bmserve serve: listening on grpc://", v.host, ":", (*grpc)->port()));
 

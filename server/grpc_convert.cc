@@ -10,8 +10,6 @@ namespace {
 
 namespace pb = ::bmserve::v1;
 
-constexpr int kMaxStopStrings = 16;
-
 grpc::Status Invalid(std::string message) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::move(message));
 }
@@ -98,6 +96,15 @@ grpc::Status ToEngineRequest(const pb::GenerateRequest& in, const ServerContext&
   if (s.has_presence_penalty()) sp.presence_penalty = s.presence_penalty();
   if (s.has_frequency_penalty()) sp.frequency_penalty = s.frequency_penalty();
   if (s.has_repetition_penalty()) sp.repetition_penalty = s.repetition_penalty();
+  const ServerLimits& lim = ctx.limits;
+  if (s.logit_bias_size() > lim.max_logit_bias) {
+    return Invalid(absl::StrCat("'sampling.logit_bias' may hold at most ", lim.max_logit_bias,
+                                " entries (--max-logit-bias)"));
+  }
+  if (s.stop_token_ids_size() > lim.max_stop_token_ids) {
+    return Invalid(absl::StrCat("'sampling.stop_token_ids' may hold at most ",
+                                lim.max_stop_token_ids, " ids"));
+  }
   for (const auto& [id, bias] : s.logit_bias()) sp.logit_bias.emplace_back(id, bias);
   std::sort(sp.logit_bias.begin(), sp.logit_bias.end());  // map order is unspecified
   if (s.has_seed()) sp.seed = s.seed();
@@ -109,12 +116,17 @@ grpc::Status ToEngineRequest(const pb::GenerateRequest& in, const ServerContext&
     return Invalid("'sampling.logprobs' must be in [0, 20] (leave it unset for none)");
   }
 
-  if (s.stop_size() > kMaxStopStrings) {
-    return Invalid(absl::StrCat("'sampling.stop' may hold at most ", kMaxStopStrings, " strings"));
+  if (s.stop_size() > lim.max_stop_strings) {
+    return Invalid(absl::StrCat("'sampling.stop' may hold at most ", lim.max_stop_strings,
+                                " strings (--max-stop-strings)"));
   }
   ChoiceStreamOptions& co = out->choice_options;
   co.stop.clear();
   for (const std::string& stop : s.stop()) {
+    if (static_cast<int64_t>(stop.size()) > lim.max_stop_string_bytes) {
+      return Invalid(absl::StrCat("'sampling.stop' strings may be at most ",
+                                  lim.max_stop_string_bytes, " bytes long (--max-stop-string-bytes)"));
+    }
     if (!stop.empty()) co.stop.push_back(stop);
   }
   co.include_stop_str_in_output = s.include_stop_str_in_output();

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/grpc_auth.h"
 #include "server/grpc_convert.h"
 
 namespace bms {
@@ -72,6 +73,10 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
                   grpc::CallbackServerContext* call, const pb::GenerateRequest& request)
       : ctx_(ctx), queue_(queue), active_calls_(active_calls), tokenizer_(*ctx.tokenizer) {
     active_calls_.fetch_add(1);
+    if (grpc::Status auth = CheckGrpcAuth(ctx.api_keys, *call); !auth.ok()) {
+      FinishEarly(auth);
+      return;
+    }
     if (!ctx.Ready()) {
       FinishEarly(grpc::Status(grpc::StatusCode::UNAVAILABLE, ctx.draining.load()
                                                                   ? "the server is draining"

@@ -9,6 +9,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/grpc_auth.h"
 #include "server/grpc_convert.h"
 #include "server/grpc_generate.h"
 #include "server/metrics_grpc.h"
@@ -49,6 +50,10 @@ class InferenceServiceImpl final : public pb::Inference::CallbackService {
                                      const pb::TokenizeRequest* request,
                                      pb::TokenizeResponse* response) override {
     auto* reactor = call->DefaultReactor();
+    if (grpc::Status auth = CheckGrpcAuth(ctx_.api_keys, *call); !auth.ok()) {
+      reactor->Finish(auth);
+      return reactor;
+    }
     auto ids = ctx_.tokenizer->Encode(request->text(), request->parse_special());
     if (!ids.ok()) {
       reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -65,6 +70,10 @@ class InferenceServiceImpl final : public pb::Inference::CallbackService {
                                        const pb::DetokenizeRequest* request,
                                        pb::DetokenizeResponse* response) override {
     auto* reactor = call->DefaultReactor();
+    if (grpc::Status auth = CheckGrpcAuth(ctx_.api_keys, *call); !auth.ok()) {
+      reactor->Finish(auth);
+      return reactor;
+    }
     grpc::Status s = CheckTokenIds(request->token_ids(), ctx_.vocab_size, "token_ids");
     if (s.ok()) {
       std::vector<int32_t> ids(request->token_ids().begin(), request->token_ids().end());
@@ -78,6 +87,10 @@ class InferenceServiceImpl final : public pb::Inference::CallbackService {
                                          const pb::GetModelInfoRequest* /*request*/,
                                          pb::ModelInfo* info) override {
     auto* reactor = call->DefaultReactor();
+    if (grpc::Status auth = CheckGrpcAuth(ctx_.api_keys, *call); !auth.ok()) {
+      reactor->Finish(auth);
+      return reactor;
+    }
     const ModelConfig& c = ctx_.engine->config();
     const EngineOptions& o = ctx_.engine->options();
     const EngineStats stats = ctx_.engine->Stats();
@@ -119,6 +132,10 @@ class InferenceServiceImpl final : public pb::Inference::CallbackService {
                                     const pb::GetLoadRequest* /*request*/,
                                     pb::Load* load) override {
     auto* reactor = call->DefaultReactor();
+    if (grpc::Status auth = CheckGrpcAuth(ctx_.api_keys, *call); !auth.ok()) {
+      reactor->Finish(auth);
+      return reactor;
+    }
     const EngineStats s = ctx_.engine->Stats();
     load->set_running(s.running);
     load->set_waiting(s.waiting);
@@ -136,6 +153,10 @@ class InferenceServiceImpl final : public pb::Inference::CallbackService {
                                   const pb::AbortRequest* request,
                                   pb::AbortResponse* /*response*/) override {
     auto* reactor = call->DefaultReactor();
+    if (grpc::Status auth = CheckGrpcAuth(ctx_.api_keys, *call); !auth.ok()) {
+      reactor->Finish(auth);
+      return reactor;
+    }
     if (request->request_id().empty()) {
       reactor->Finish(
           grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "'request_id' must not be empty"));

@@ -1,5 +1,9 @@
 #include "server/http_server.h"
 
+#include <array>
+#include <functional>
+#include <memory>
+
 #include "absl/strings/str_cat.h"
 #include "server/http_log.h"
 
@@ -7,6 +11,57 @@ namespace bms {
 
 namespace net = boost::asio;
 using tcp = net::ip::tcp;
+
+namespace {
+
+// Answers a connection over --max-connections with 429 and closes it.
+void RejectConnection(tcp::socket socket, int limit) {
+  auto sock = std::make_shared<tcp::socket>(std::move(socket));
+  std::string body = JsonError(429,
+                               absl::StrCat("too many concurrent connections (limit ", limit,
+                                            ", --max-connections)"),
+                               "rate_limit_error", "", "too_many_connections")
+                         .body;
+  auto out = std::make_shared<std::string>(absl::StrCat(
+      "HTTP/1.1 429 Too Many Requests\r\nServer: bmserve\r\nContent-Type: application/json\r\n"
+      "Retry-After: 1\r\nConnection: close\r\nContent-Length: ",
+      body.size(), "\r\n\r\n", body));
+  // Half-close after the answer and drain what the client still sends (so it reads the 429
+  // rather than a reset); the socket is closed at EOF or after 2 s at most.
+  auto timer = std::make_shared<net::steady_timer>(sock->get_executor());
+  auto scratch = std::make_shared<std::array<char, 1024>>();
+  auto finish = [sock, timer] {
+    boost::system::error_code ignored;
+    timer->cancel();
+    sock->close(ignored);
+  };
+  net::async_write(*sock, net::buffer(*out), [sock, out, timer, scratch,
+                                              finish](boost::system::error_code ec, size_t) {
+    boost::system::error_code ignored;
+    if (ec) return finish();
+    sock->shutdown(tcp::socket::shutdown_send, ignored);
+    timer->expires_after(std::chrono::seconds(2));
+    timer->async_wait([sock](boost::system::error_code e) {
+      boost::system::error_code ig;
+      if (!e) sock->close(ig);
+    });
+    auto loop = std::make_shared<std::function<void()>>();
+    *loop = [sock, scratch, finish, loop] {
+      sock->async_read_some(net::buffer(*scratch),
+                            [loop, finish](boost::system::error_code e, size_t) {
+                              if (e) {
+                                finish();
+                                *loop = nullptr;  // break the cycle
+                                return;
+                              }
+                              (*loop)();
+                            });
+    };
+    (*loop)();
+  });
+}
+
+}  // namespace
 
 HttpServer::HttpServer(const HttpRouter& router, const ServerLimits& limits,
                        HttpServerOptions options)
@@ -58,6 +113,11 @@ void HttpServer::Accept() {
         } else {
           boost::system::error_code ignored;
           socket.set_option(tcp::no_delay(true), ignored);
+          if (counters_.open_connections.load() >= limits_.max_connections) {
+            RejectConnection(std::move(socket), limits_.max_connections);
+            Accept();
+            return;
+          }
           std::make_shared<HttpSession>(std::move(socket), router_, limits_, &counters_)->Start();
         }
         Accept();

@@ -125,7 +125,7 @@ void HttpSession::DoRead() {
   if (closed_ || closing_) return;
   parser_.emplace();
   parser_->body_limit(static_cast<uint64_t>(limits_.max_body_bytes));
-  parser_->header_limit(64 * 1024);
+  parser_->header_limit(static_cast<uint32_t>(limits_.max_header_bytes));
   Arm(limits_.idle_timeout);
   http::async_read(socket_, buffer_, *parser_,
                    [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
@@ -156,7 +156,10 @@ void HttpSession::OnRead(beast::error_code ec) {
           413, absl::StrCat("request body exceeds the limit of ", limits_.max_body_bytes, " bytes"),
           "invalid_request_error", "", "body_too_large"));
     } else if (ec == http::error::header_limit) {
-      Respond(JsonError(431, "request headers too large", "invalid_request_error"));
+      Respond(JsonError(431,
+                        absl::StrCat("request headers exceed the limit of ", limits_.max_header_bytes,
+                                     " bytes (--max-header-bytes)"),
+                        "invalid_request_error", "", "headers_too_large"));
     } else {
       Respond(JsonError(400, absl::StrCat("malformed HTTP request: ", ec.message()),
                         "invalid_request_error"));

@@ -13,7 +13,6 @@ using nlohmann::json;
 using MaybeError = std::optional<ApiError>;
 
 constexpr int kMaxTopLogprobs = 20;
-constexpr size_t kMaxStopStrings = 16;
 
 // A field that is absent or JSON null counts as not given (the OpenAI clients send null).
 const json* Field(const json& body, const char* key) {
@@ -95,21 +94,28 @@ MaybeError CheckModel(const json& body, const ServerContext& ctx, GenerationSpec
   return std::nullopt;
 }
 
-MaybeError ParseStop(const json& body, GenerationSpec* spec) {
+MaybeError ParseStop(const json& body, const ServerLimits& limits, GenerationSpec* spec) {
   const json* v = Field(body, "stop");
   if (v == nullptr) return std::nullopt;
-  if (v->is_string()) {
-    if (!v->get<std::string>().empty()) spec->stop.push_back(v->get<std::string>());
+  auto add = [&](const std::string& s) -> MaybeError {
+    if (static_cast<int64_t>(s.size()) > limits.max_stop_string_bytes) {
+      return BadRequest(absl::StrCat("'stop' strings may be at most ", limits.max_stop_string_bytes,
+                                     " bytes long (--max-stop-string-bytes)"),
+                        "stop");
+    }
+    if (!s.empty()) spec->stop.push_back(s);
     return std::nullopt;
-  }
+  };
+  if (v->is_string()) return add(v->get<std::string>());
   if (!v->is_array()) return BadRequest("'stop' must be a string or an array of strings", "stop");
-  if (v->size() > kMaxStopStrings) {
-    return BadRequest(absl::StrCat("'stop' may hold at most ", kMaxStopStrings, " strings"),
-                      "stop");
+  if (static_cast<int64_t>(v->size()) > limits.max_stop_strings) {
+    return BadRequest(
+        absl::StrCat("'stop' may hold at most ", limits.max_stop_strings, " strings (--max-stop-strings)"),
+        "stop");
   }
   for (const json& s : *v) {
     if (!s.is_string()) return BadRequest("'stop' must be a string or an array of strings", "stop");
-    if (!s.get<std::string>().empty()) spec->stop.push_back(s.get<std::string>());
+    if (auto e = add(s.get<std::string>())) return e;
   }
   return std::nullopt;
 }
@@ -132,6 +138,11 @@ MaybeError ParseCommon(const json& body, const ServerContext& ctx, GenerationSpe
   }
   if (const json* v = Field(body, "logit_bias")) {
     if (!v->is_object()) return BadRequest("'logit_bias' must be an object", "logit_bias");
+    if (static_cast<int64_t>(v->size()) > ctx.limits.max_logit_bias) {
+      return BadRequest(absl::StrCat("'logit_bias' may hold at most ", ctx.limits.max_logit_bias,
+                                     " entries (--max-logit-bias)"),
+                        "logit_bias");
+    }
     for (auto it = v->begin(); it != v->end(); ++it) {
       int64_t id = 0;
       if (!absl::SimpleAtoi(it.key(), &id) || id < 0 || id >= ctx.vocab_size) {
@@ -164,12 +175,17 @@ MaybeError ParseCommon(const json& body, const ServerContext& ctx, GenerationSpe
   if (auto e = GetBool(body, "ignore_eos", &sp.ignore_eos)) return e;
   if (const json* v = Field(body, "stop_token_ids")) {
     if (!v->is_array()) return BadRequest("'stop_token_ids' must be an array", "stop_token_ids");
+    if (static_cast<int64_t>(v->size()) > ctx.limits.max_stop_token_ids) {
+      return BadRequest(absl::StrCat("'stop_token_ids' may hold at most ",
+                                     ctx.limits.max_stop_token_ids, " ids"),
+                        "stop_token_ids");
+    }
     for (const json& t : *v) {
       if (auto e = CheckTokenId(t, ctx.vocab_size, "stop_token_ids")) return e;
       sp.stop_token_ids.push_back(t.get<int32_t>());
     }
   }
-  if (auto e = ParseStop(body, spec)) return e;
+  if (auto e = ParseStop(body, ctx.limits, spec)) return e;
   if (auto e = GetBool(body, "include_stop_str_in_output", &spec->include_stop_str_in_output)) {
     return e;
   }
@@ -358,6 +374,11 @@ std::optional<ApiError> ParseChatRequest(const json& body, const ServerContext& 
   if (msgs == nullptr) return BadRequest("'messages' is required", "messages");
   if (!msgs->is_array()) return BadRequest("'messages' must be an array", "messages");
   if (msgs->empty()) return BadRequest("'messages' must not be empty", "messages");
+  if (static_cast<int64_t>(msgs->size()) > ctx.limits.max_messages) {
+    return BadRequest(absl::StrCat("'messages' may hold at most ", ctx.limits.max_messages,
+                                   " messages (--max-messages)"),
+                      "messages");
+  }
   std::vector<ChatMessage> messages;
   for (size_t i = 0; i < msgs->size(); ++i) {
     const json& m = (*msgs)[i];

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "engine/engine.h"
+#include "server/auth.h"
 #include "server/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
@@ -25,6 +26,13 @@ struct ServerLimits {
   std::chrono::milliseconds write_timeout{30000};  // a client that reads nothing this long is cut
   std::chrono::milliseconds idle_timeout{60000};   // keep-alive / request-read timeout
   size_t max_buffered_output = 1 << 20;  // per-connection output buffered before pausing drains
+  int64_t max_header_bytes = 64 << 10;   // larger request headers get 431
+  int max_connections = 4096;            // more concurrent HTTP connections get 429 and close
+  int max_stop_strings = 16;             // more 'stop' strings get 400
+  int max_stop_string_bytes = 256;       // a longer stop string gets 400
+  int max_logit_bias = 1024;             // more 'logit_bias' entries get 400
+  int max_messages = 1024;               // more chat 'messages' get 400
+  int max_stop_token_ids = 1024;         // more 'stop_token_ids' get 400
 };
 
 struct ServerContext {
@@ -35,6 +43,7 @@ struct ServerContext {
   int max_sequence_length = 2048;        // chat default max_tokens = this minus the prompt length
   ChatTemplate chat_template;
   ServerLimits limits;
+  ApiKeys api_keys;                   // none: no authentication (server/auth.h)
   int64_t created_unix = 0;           // reported as the model's "created"
   std::atomic<bool> draining{false};  // set on shutdown: /ready turns 503, new work is refused
 
