@@ -311,29 +311,30 @@ void EngineImpl::RunStep() {
   slots_used_.store(scheduler_.slots().num_used());
   prompt_tokens_.fetch_add(out.prompt_tokens);
   generation_tokens_.fetch_add(out.generated_tokens);
+  // The observer too, so metrics scraped after a client's final event include its step.
+  if (!plan.empty() && options_.observer != nullptr) {
+    StepObservation obs;
+    obs.num_seqs = static_cast<int>(plan.seqs.size());
+    obs.num_decode_tokens = plan.num_decode_tokens;
+    obs.num_prefill_tokens = plan.num_prefill_tokens;
+    const Clock::time_point now = Clock::now();
+    obs.step_seconds = Seconds(now - start);
+    obs.backend_seconds = backend_seconds;
+    obs.failed = !result.status.ok();
+    // Also refreshed when the engine goes idle, so the counts are exact after traffic.
+    if (Seconds(now - last_expert_refresh_) >= kExpertCountsRefreshSeconds ||
+        !scheduler_.HasWork()) {
+      last_expert_refresh_ = now;
+      obs.expert_token_counts = backend_->ExpertTokenCounts();
+    }
+    options_.observer->OnStep(obs);
+  }
   Publish(&out);
   if (!plan.empty()) {
     const double step = Seconds(Clock::now() - start);
     steps_.fetch_add(1);
     last_step_seconds_.store(step);
     step_seconds_.store(step_seconds_.load() + step);  // single writer
-    if (options_.observer != nullptr) {
-      StepObservation obs;
-      obs.num_seqs = static_cast<int>(plan.seqs.size());
-      obs.num_decode_tokens = plan.num_decode_tokens;
-      obs.num_prefill_tokens = plan.num_prefill_tokens;
-      obs.step_seconds = step;
-      obs.backend_seconds = backend_seconds;
-      obs.failed = !result.status.ok();
-      const Clock::time_point now = Clock::now();
-      // Also refreshed when the engine goes idle, so the counts are exact after traffic.
-      if (Seconds(now - last_expert_refresh_) >= kExpertCountsRefreshSeconds ||
-          !scheduler_.HasWork()) {
-        last_expert_refresh_ = now;
-        obs.expert_token_counts = backend_->ExpertTokenCounts();
-      }
-      options_.observer->OnStep(obs);
-    }
   }
 }
 
