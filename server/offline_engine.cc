@@ -69,8 +69,10 @@ absl::StatusOr<OfflineEngine> StartOfflineEngine(const EngineFlagValues& v, int 
   bo.num_threads = v.threads;
   bo.fp32_compute = v.fp32_compute;
   const size_t slot_bytes = StateBytesPerSlot(config, bo.state_dtype);
-  bo.num_slots =
-      std::max(ChooseNumSlots(v.max_num_seqs, v.state_memory_budget, slot_bytes), min_slots);
+  const int wanted = v.max_num_seqs == 0 && default_slots > 0
+                         ? default_slots
+                         : ChooseNumSlots(v.max_num_seqs, v.state_memory_budget, slot_bytes);
+  bo.num_slots = std::max(wanted, min_slots);
   absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(v.backend, weights, bo);
   if (!backend.ok()) return backend.status();
   weights = ModelWeights();  // the backend converted what it needs
