@@ -263,8 +263,12 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> StartGrpcServer(ServerContext& ctx,
         absl::StrCat("gRPC: cannot listen on ", address, " (address in use or not available?)"));
   }
   server->port_ = selected_port;
-  // The default health service starts SERVING: correct it before anyone can ask.
-  if (auto* health = server->server_->GetHealthCheckService()) health->SetServingStatus(false);
+  // The default health service starts SERVING: correct it before anyone can ask. The named
+  // service is registered too, so Check("bmserve.v1.Inference") answers like Check("").
+  if (auto* health = server->server_->GetHealthCheckService()) {
+    health->SetServingStatus(pb::Inference::service_full_name(), false);
+    health->SetServingStatus(false);
+  }
   server->serving_ = 0;
   server->UpdateHealth();
   server->health_thread_ = std::thread([s = server.get()] { s->HealthLoop(); });

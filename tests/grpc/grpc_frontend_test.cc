@@ -94,11 +94,19 @@ class GrpcFrontendTest : public ::testing::Test {
   }
   void TearDown() override { server_->Shutdown(std::chrono::milliseconds(0)); }
 
+  // Check of the server ("") and of the named service must agree.
   HealthCheckResponse::ServingStatus Check() {
-    grpc::ClientContext ctx;
-    HealthCheckResponse resp;
-    EXPECT_TRUE(health_->Check(&ctx, HealthCheckRequest(), &resp).ok());
-    return resp.status();
+    HealthCheckResponse::ServingStatus status[2];
+    for (int i = 0; i < 2; ++i) {
+      grpc::ClientContext ctx;
+      HealthCheckRequest req;
+      if (i == 1) req.set_service("bmserve.v1.Inference");
+      HealthCheckResponse resp;
+      EXPECT_TRUE(health_->Check(&ctx, req, &resp).ok()) << "service '" << req.service() << "'";
+      status[i] = resp.status();
+    }
+    EXPECT_EQ(status[0], status[1]);
+    return status[0];
   }
 
   grpc::Status Generate(const pb::GenerateRequest& req, std::vector<pb::GenerateResponse>* out) {
