@@ -39,11 +39,34 @@ struct Value {
   PickledTensor tensor;                      // kStorage (key, dtype, numel), kTensor
 };
 
+// Every Value made during one parse, so a hostile pickle's reference cycles (a dict or list
+// that holds itself, through the memo) can be broken when the parse ends instead of leaking.
+thread_local std::vector<std::weak_ptr<Value>>* made_values = nullptr;
+
 Ref Make(Kind k) {
   auto v = std::make_shared<Value>();
   v->kind = k;
+  if (made_values != nullptr) made_values->push_back(v);
   return v;
 }
+
+// Registers the Values of one parse; on destruction empties every container among them.
+class CycleBreaker {
+ public:
+  CycleBreaker() { made_values = &made_; }
+  ~CycleBreaker() {
+    made_values = nullptr;
+    for (const std::weak_ptr<Value>& w : made_) {
+      if (Ref v = w.lock()) {
+        v->items.clear();
+        v->entries.clear();
+      }
+    }
+  }
+
+ private:
+  std::vector<std::weak_ptr<Value>> made_;
+};
 
 constexpr const char* kRebuildTensor = "torch._utils _rebuild_tensor_v2";
 constexpr const char* kRebuildParameter = "torch._utils _rebuild_parameter";
@@ -417,6 +440,7 @@ absl::StatusOr<Ref> Unpickler::Reduce(const Value& callable, const Value& args) 
 
 absl::StatusOr<std::vector<std::pair<std::string, PickledTensor>>> ParseTorchStateDict(
     std::string_view pickle) {
+  CycleBreaker cycle_breaker;  // declared first: runs after the parse's values are released
   Unpickler u(pickle);
   absl::StatusOr<Ref> top = u.Run();
   if (!top.ok()) return top.status();
