@@ -213,26 +213,29 @@ test('503 while draining; an engine failure is 500, or an error frame mid-stream
     await s.stop();
   }
   // Draining: a keep-alive connection opened before SIGTERM sees /ready 503 and a refused POST.
-  const d = await startServer(['--drain-timeout', '5']);
+  const d = await startServer(['--drain-timeout', '3']);
   const sock = net.connect(d.port, '127.0.0.1');
   await new Promise((r) => sock.on('connect', r));
+  const data = [];
+  sock.on('data', (x) => data.push(x));
+  const closed = new Promise((r) => sock.on('close', r));
+  // A stream that outlives the drain: the server stays up (draining) for --drain-timeout.
   const streamRes = fetch(d.baseURL + '/v1/completions', {
     method: 'POST', headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ prompt: 'a', max_tokens: 200, ignore_eos: true, stream: true }),
+    body: JSON.stringify({ prompt: 'a', max_tokens: 100000, ignore_eos: true, stream: true }),
   }).then((x) => x.text()).catch(() => '');
   await sleep(200);
   d.proc.kill('SIGTERM');
   await sleep(300);
-  const data = [];
-  sock.on('data', (x) => data.push(x));
   const body = JSON.stringify({ prompt: 'x' });
   sock.write('GET /ready HTTP/1.1\r\nHost: x\r\n\r\n' +
              `POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
-  await new Promise((r) => sock.on('close', r));
+  await closed;
   const rs = parseResponses(Buffer.concat(data));
   assert.deepEqual(rs.map((x) => x.status), [503, 503]);
   assert.equal(JSON.parse(rs[0].body).draining, true);
   assertError({ status: 503, body: rs[1].body }, 503);
-  await streamRes;
+  const streamed = await streamRes;
+  assert.match(streamed, /data: \[DONE\]\n\n$/);  // cancelled at the drain's end, cleanly closed
   await d.stop();
 });

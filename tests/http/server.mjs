@@ -7,7 +7,7 @@ export const BMSERVE = process.env.BMSERVE_BIN;
 if (!BMSERVE) throw new Error('set BMSERVE_BIN to the bmserve executable');
 
 export async function startServer(extraArgs = []) {
-  const args = ['serve', '--demo', '--host', '127.0.0.1', '--http-port', '0', '--http-threads',
+  const args = ['serve', '--demo', '--host', '127.0.0.1', '--http-port', '0', '--grpc-port', '0', '--http-threads',
                 '2', '--cpu-threads', '1', ...extraArgs];
   const proc = spawn(BMSERVE, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
