@@ -245,9 +245,9 @@ int ServeCommand(const Args& args) {
   try {
     backend = CreateBackend(v.backend, weights, bo);
   } catch (const std::bad_alloc&) {
-    return Fail(absl::ResourceExhaustedError(absl::StrCat(
-        "cannot allocate the state of ", bo.num_slots, " slots (", slot_bytes,
-        " bytes each): lower --max-num-seqs or --state-memory-budget")));
+    return Fail(absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate the state of ", bo.num_slots, " slots (", slot_bytes,
+                     " bytes each): lower --max-num-seqs or --state-memory-budget")));
   }
   if (!backend.ok()) return Fail(backend.status());
   EngineOptions eo;

@@ -35,30 +35,30 @@ void RejectConnection(tcp::socket socket, int limit) {
     timer->cancel();
     sock->close(ignored);
   };
-  net::async_write(*sock, net::buffer(*out), [sock, out, timer, scratch,
-                                              finish](boost::system::error_code ec, size_t) {
-    boost::system::error_code ignored;
-    if (ec) return finish();
-    sock->shutdown(tcp::socket::shutdown_send, ignored);
-    timer->expires_after(std::chrono::seconds(2));
-    timer->async_wait([sock](boost::system::error_code e) {
-      boost::system::error_code ig;
-      if (!e) sock->close(ig);
-    });
-    auto loop = std::make_shared<std::function<void()>>();
-    *loop = [sock, scratch, finish, loop] {
-      sock->async_read_some(net::buffer(*scratch),
-                            [loop, finish](boost::system::error_code e, size_t) {
-                              if (e) {
-                                finish();
-                                *loop = nullptr;  // break the cycle
-                                return;
-                              }
-                              (*loop)();
-                            });
-    };
-    (*loop)();
-  });
+  net::async_write(*sock, net::buffer(*out),
+                   [sock, out, timer, scratch, finish](boost::system::error_code ec, size_t) {
+                     boost::system::error_code ignored;
+                     if (ec) return finish();
+                     sock->shutdown(tcp::socket::shutdown_send, ignored);
+                     timer->expires_after(std::chrono::seconds(2));
+                     timer->async_wait([sock](boost::system::error_code e) {
+                       boost::system::error_code ig;
+                       if (!e) sock->close(ig);
+                     });
+                     auto loop = std::make_shared<std::function<void()>>();
+                     *loop = [sock, scratch, finish, loop] {
+                       sock->async_read_some(net::buffer(*scratch),
+                                             [loop, finish](boost::system::error_code e, size_t) {
+                                               if (e) {
+                                                 finish();
+                                                 *loop = nullptr;  // break the cycle
+                                                 return;
+                                               }
+                                               (*loop)();
+                                             });
+                     };
+                     (*loop)();
+                   });
 }
 
 }  // namespace

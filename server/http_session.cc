@@ -157,8 +157,8 @@ void HttpSession::OnRead(beast::error_code ec) {
           "invalid_request_error", "", "body_too_large"));
     } else if (ec == http::error::header_limit) {
       Respond(JsonError(431,
-                        absl::StrCat("request headers exceed the limit of ", limits_.max_header_bytes,
-                                     " bytes (--max-header-bytes)"),
+                        absl::StrCat("request headers exceed the limit of ",
+                                     limits_.max_header_bytes, " bytes (--max-header-bytes)"),
                         "invalid_request_error", "", "headers_too_large"));
     } else {
       Respond(JsonError(400, absl::StrCat("malformed HTTP request: ", ec.message()),
@@ -351,7 +351,8 @@ void HttpSession::Pump() {
 void HttpSession::InternalError(const std::string& what) {
   AddLogField("internal_error", absl::StrCat("\"", what, "\""));
   if (work_ != nullptr) work_->Abort();
-  std::string message = absl::StrCat("internal server error (request id ", request_.request_id, ")");
+  std::string message =
+      absl::StrCat("internal server error (request id ", request_.request_id, ")");
   if (status_ != 0 && !response_done_) {  // mid-stream: an error frame, then [DONE]
     StreamWrite(absl::StrCat("data: {\"error\":{\"message\":\"", message,
                              "\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n",

@@ -109,9 +109,9 @@ MaybeError ParseStop(const json& body, const ServerLimits& limits, GenerationSpe
   if (v->is_string()) return add(v->get<std::string>());
   if (!v->is_array()) return BadRequest("'stop' must be a string or an array of strings", "stop");
   if (static_cast<int64_t>(v->size()) > limits.max_stop_strings) {
-    return BadRequest(
-        absl::StrCat("'stop' may hold at most ", limits.max_stop_strings, " strings (--max-stop-strings)"),
-        "stop");
+    return BadRequest(absl::StrCat("'stop' may hold at most ", limits.max_stop_strings,
+                                   " strings (--max-stop-strings)"),
+                      "stop");
   }
   for (const json& s : *v) {
     if (!s.is_string()) return BadRequest("'stop' must be a string or an array of strings", "stop");
@@ -176,9 +176,9 @@ MaybeError ParseCommon(const json& body, const ServerContext& ctx, GenerationSpe
   if (const json* v = Field(body, "stop_token_ids")) {
     if (!v->is_array()) return BadRequest("'stop_token_ids' must be an array", "stop_token_ids");
     if (static_cast<int64_t>(v->size()) > ctx.limits.max_stop_token_ids) {
-      return BadRequest(absl::StrCat("'stop_token_ids' may hold at most ",
-                                     ctx.limits.max_stop_token_ids, " ids"),
-                        "stop_token_ids");
+      return BadRequest(
+          absl::StrCat("'stop_token_ids' may hold at most ", ctx.limits.max_stop_token_ids, " ids"),
+          "stop_token_ids");
     }
     for (const json& t : *v) {
       if (auto e = CheckTokenId(t, ctx.vocab_size, "stop_token_ids")) return e;
