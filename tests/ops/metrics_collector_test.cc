@@ -4,11 +4,13 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -204,6 +206,64 @@ TEST(ServerMetricsTest, FrontendRequestCounters) {
   EXPECT_EQ(p.Get("bmserve:grpc_requests_total{method=\"/bmserve.v1.Inference/Generate\","
                   "code=\"OK\"}"),
             1);
+}
+
+// The engine thread (steps, events), frontend threads (HTTP/gRPC counts, rejections) and a
+// scraper run at once; run under BMS_TSAN this is the data-race check. Totals are exact.
+TEST(ServerMetricsTest, ConcurrentUpdatesAndScrapes) {
+  auto m = NewMetrics();
+  FakeEngine e;
+  m->AttachEngine(&e);
+  constexpr int kRequests = 300;
+  std::atomic<bool> done{false};
+  std::thread engine_thread([&] {
+    const Clock::time_point t0 = Clock::now();
+    std::vector<int> keys(kRequests);
+    for (int i = 0; i < kRequests; ++i) {
+      GenerationEvent ev;
+      ev.arrival_time = t0;
+      ev.first_scheduled_time = t0;
+      ev.first_token_time = At(t0, 0.01);
+      ev.token_ids = {1};
+      ev.event_time = At(t0, 0.01);
+      m->OnEvent(&keys[i], ev);
+      ev.event_time = At(t0, 0.02);
+      ev.finish = FinishReason::kLength;
+      m->OnEvent(&keys[i], ev);
+      StepObservation s;
+      s.num_decode_tokens = 1;
+      s.expert_token_counts = {{i + 1, 0, 0, 0}, {0, i + 1, 0, 0}};
+      m->OnStep(s);
+    }
+  });
+  std::vector<std::thread> frontends;
+  for (int t = 0; t < 3; ++t) {
+    frontends.emplace_back([&] {
+      for (int i = 0; i < kRequests; ++i) {
+        m->RecordHttpRequest("/v1/completions", 200);
+        m->RecordGrpcRequest("/bmserve.v1.Inference/Generate", "OK");
+        m->OnRejected(absl::ResourceExhaustedError("full"));
+      }
+    });
+  }
+  std::thread scraper([&] {
+    while (!done.load()) (void)m->Render();
+  });
+  engine_thread.join();
+  for (auto& t : frontends) t.join();
+  done.store(true);
+  scraper.join();
+  auto p = ParseMetricsText(m->Render());
+  EXPECT_EQ(p.Get("bmserve:request_success_total{finished_reason=\"length\"}"), kRequests);
+  EXPECT_EQ(p.Get("bmserve:time_to_first_token_seconds_count"), kRequests);
+  EXPECT_EQ(p.Get("bmserve:inter_token_latency_seconds_count"), kRequests);
+  EXPECT_EQ(p.Get("bmserve:iteration_tokens_total_count"), kRequests);
+  EXPECT_EQ(p.Get("bmserve:http_requests_total{route=\"/v1/completions\",code=\"200\"}"),
+            3 * kRequests);
+  EXPECT_EQ(p.Get("bmserve:request_failure_total{reason=\"queue_full\"}"), 3 * kRequests);
+  EXPECT_EQ(p.Get("bmserve:expert_tokens_total{layer=\"1\",expert=\"0\"}"), kRequests);
+  EXPECT_EQ(p.Get("bmserve:expert_tokens_total{layer=\"3\",expert=\"1\"}"), kRequests);
+  m->AttachEngine(nullptr);
 }
 
 // The live output parses with promtool; the only lint findings are the ones the metric naming
