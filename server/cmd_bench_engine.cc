@@ -192,6 +192,17 @@ int BenchEngineCommand(const Args& args) {
     row("backend time mean (ms)", absl::StrFormat("%.3f", 1e3 * backend_s / steps));
     row("engine overhead/step mean (ms)",
         absl::StrFormat("%.3f", 1e3 * (step_s - backend_s) / steps));
+    // DESIGN.md §3: report achieved rates next to the floors. FLOPs: 2 x active params per
+    // token processed; weight bytes: at least the active params once per step.
+    const double active = static_cast<double>(engine.config().ActiveParams());
+    const double weight_bytes =
+        (ev.backend == "cpu" || ev.fp32_compute) ? 4.0 : 2.0;  // compute dtype of the weights
+    if (backend_s > 0) {
+      row("achieved GFLOP/s (2 x active/tok)",
+          absl::StrFormat("%.1f", 2.0 * active * (generated + prompt_tokens) / backend_s / 1e9));
+      row("weight GB/s (>= active per step)",
+          absl::StrFormat("%.1f", active * weight_bytes * steps / backend_s / 1e9));
+    }
     row("engine overhead share (%)",
         absl::StrFormat("%.2f", step_s > 0 ? 100.0 * (step_s - backend_s) / step_s : 0.0));
   }
