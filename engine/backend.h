@@ -44,6 +44,9 @@ struct BackendOptions {
   int num_threads = 0;                    // CPU backend: 0 = hardware concurrency
   bool fp32_compute = false;              // CUDA backend: fp32 weights/activations (exactness)
   double gpu_memory_fraction = 0.9;       // CUDA backend: cap for weights + state pool
+  // CUDA backend: steps made only of 1-token decodes (kLast logits) replay a CUDA graph captured
+  // for the smallest batch bucket >= the batch (engine/cuda_graph.cc); false = always eager.
+  bool cuda_graphs = true;
 };
 
 class Backend {

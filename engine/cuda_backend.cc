@@ -87,10 +87,12 @@ CudaBackendImpl::CudaBackendImpl(const ModelConfig& config, const BackendOptions
       num_slots_(options.num_slots),
       state_dtype_(options.state_dtype),
       dtype_(options.fp32_compute ? cuda::DType::kF32 : cuda::DType::kBF16),
-      memory_fraction_(options.gpu_memory_fraction) {}
+      memory_fraction_(options.gpu_memory_fraction),
+      use_graphs_(options.cuda_graphs) {}
 
 CudaBackendImpl::~CudaBackendImpl() {
   if (stream_) (void)cuda::SynchronizeStream(stream_);
+  graphs_.reset();
   cuda::FreeHost(meta_host_);
   cuda::DestroyStream(stream_);
 }

@@ -26,6 +26,12 @@ class CudaBackend : public Backend {
   // Device bytes held for weights and for the state pool (start-up allocations).
   virtual size_t weight_bytes() const = 0;
   virtual size_t state_pool_bytes() const = 0;
+  // Host time (us) the last successful Forward spent before its final wait on the GPU: packing,
+  // validation and launches (or one graph launch). For benchmarks.
+  virtual double last_step_host_us() const = 0;
+  // Decode CUDA graphs captured so far (one per batch bucket) and replays since start-up.
+  virtual int graphs_captured() const = 0;
+  virtual int64_t graph_replays() const = 0;
 };
 
 // Uploads `weights` to GPU 0 and allocates the state pool. Errors: FailedPrecondition when no

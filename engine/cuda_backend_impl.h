@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -41,6 +42,9 @@ class CudaBackendImpl : public CudaBackend {
   size_t memory_bytes_in_use() const override { return bytes_in_use_.load(); }
   size_t weight_bytes() const override { return weights_.size(); }
   size_t state_pool_bytes() const override { return state_.size(); }
+  double last_step_host_us() const override { return last_step_host_us_; }
+  int graphs_captured() const override;
+  int64_t graph_replays() const override;
 
  private:
   // Device pointers into weights_ (compute dtype `W`, fp32 `F`); null = absent bias.
@@ -105,6 +109,12 @@ class CudaBackendImpl : public CudaBackend {
   absl::Status ValidateInput(const StepInput& input) const;
   absl::Status EnsureWorkspace(int tokens, int logit_rows);
   absl::Status EnsureMeta(size_t bytes);
+  // Enqueues embedding .. head GEMM for T tokens in S chunks with R logits rows, reading the
+  // step metadata through the d_* pointers; no copies, no sync (graph-capturable).
+  absl::Status EnqueueStep(int T, int S, int R);
+  // CUDA graphs for all-decode steps (engine/cuda_graph.cc). Returns false when the step is not
+  // eligible or graphs are unavailable (then Forward runs eagerly).
+  absl::StatusOr<bool> ForwardDecodeGraph(const StepInput& input, std::vector<float>* logits);
   absl::Status MambaForward(const MambaLayer& l, int T, int S);
   absl::Status MlpForward(const MlpLayer& l, int T);
   cuda::StateStorage state_storage() const;
@@ -138,7 +148,24 @@ class CudaBackendImpl : public CudaBackend {
   const int32_t* d_rows_ = nullptr;           // [R]
   const int32_t* d_dense_offsets_ = nullptr;  // [2] = {0, T}
   const uint8_t* d_has_state_ = nullptr;      // [S]
+  const int32_t* d_n_counted_ = nullptr;      // [1] rows < this count in routing (null: all)
   std::atomic<size_t> bytes_in_use_{0};       // memory_bytes_in_use(), read from any thread
+
+  // Decode CUDA graphs (engine/cuda_graph.cc): per-bucket executable graphs and their own fixed
+  // metadata block. The destructor drops them first.
+  struct DecodeGraphs;
+  struct DecodeGraphsDeleter {
+    void operator()(DecodeGraphs* g) const;
+  };
+  bool use_graphs_ = true;
+  std::chrono::steady_clock::time_point step_start_;  // entry of the current Forward
+  double last_step_host_us_ = 0;
+  void MarkEnqueued() {
+    last_step_host_us_ =
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - step_start_)
+            .count();
+  }
+  std::unique_ptr<DecodeGraphs, DecodeGraphsDeleter> graphs_;
 };
 
 }  // namespace bms

@@ -123,9 +123,13 @@ absl::Status CudaBackendImpl::EnsureMeta(size_t bytes) {
 }
 
 absl::Status CudaBackendImpl::Forward(const StepInput& input, std::vector<float>* logits) {
+  step_start_ = std::chrono::steady_clock::now();
   if (logits == nullptr) return absl::InvalidArgumentError("logits output is null");
   BMS_RETURN_IF_ERROR(ValidateInput(input));
   logits->clear();
+  auto graphed = ForwardDecodeGraph(input, logits);
+  if (!graphed.ok()) return graphed.status();
+  if (*graphed) return absl::OkStatus();
   const ModelConfig& c = config_;
   const int S = static_cast<int>(input.seqs.size());
 
@@ -167,9 +171,23 @@ absl::Status CudaBackendImpl::Forward(const StepInput& input, std::vector<float>
   put({0, T}, &d_dense_offsets_);
   std::memcpy(hp, has_state.data(), has_state.size());
   d_has_state_ = reinterpret_cast<const uint8_t*>(dp);
+  d_n_counted_ = nullptr;
   BMS_RETURN_IF_ERROR(
       cuda::CopyToDeviceAsync(meta_dev_.get(), meta_host_, n_i32 * 4 + has_state.size(), stream_));
+  BMS_RETURN_IF_ERROR(EnqueueStep(T, S, R));
+  if (R > 0) {
+    logits->resize(static_cast<size_t>(R) * c.vocab_size);  // [R, vocab_size]
+    BMS_RETURN_IF_ERROR(
+        cuda::CopyToHostAsync(logits->data(), ws_.logits, logits->size() * 4, stream_));
+  }
+  MarkEnqueued();
+  // The one sync of the step: logits are on the host, state writes are done, and any
+  // asynchronous kernel error surfaces here.
+  return cuda::SynchronizeStream(stream_);
+}
 
+absl::Status CudaBackendImpl::EnqueueStep(int T, int S, int R) {
+  const ModelConfig& c = config_;
   BMS_RETURN_IF_ERROR(cuda::Embedding({.n_tokens = T,
                                        .d_model = c.d_model,
                                        .dtype = dtype_,
@@ -219,13 +237,8 @@ absl::Status CudaBackendImpl::Forward(const StepInput& input, std::vector<float>
                                        .w = embedding_,
                                        .y = ws_.logits},
                                       stream_));
-    logits->resize(static_cast<size_t>(R) * c.vocab_size);  // [R, vocab_size]
-    BMS_RETURN_IF_ERROR(
-        cuda::CopyToHostAsync(logits->data(), ws_.logits, logits->size() * 4, stream_));
   }
-  // The one sync of the step: logits are on the host, state writes are done, and any
-  // asynchronous kernel error surfaces here.
-  return cuda::SynchronizeStream(stream_);
+  return absl::OkStatus();
 }
 
 absl::Status CudaBackendImpl::MambaForward(const MambaLayer& l, int T, int S) {
@@ -349,7 +362,8 @@ absl::Status CudaBackendImpl::MlpForward(const MlpLayer& l, int T) {
                                             .bias = l.router_bias,
                                             .expert = ws_.expert,
                                             .scale = ws_.scale,
-                                            .routing_counts = counts},
+                                            .routing_counts = counts,
+                                            .n_counted = d_n_counted_},
                                            stream_));
     BMS_RETURN_IF_ERROR(cuda::MoeGroup({.n_tokens = T,
                                         .n_experts = l.n_experts,

@@ -33,9 +33,11 @@ __global__ void __launch_bounds__(kConvThreads) ConvOutKernel(CausalConv1dParams
   const int b = FindSeq(p.cu_seqlens, p.batch, t);
   const int start = p.cu_seqlens[b];
   const int pos = t - start;
-  const bool init = p.has_initial_state && p.has_initial_state[b];
+  const int slot = p.slots[b];  // < 0: a padding row with no state (reads zeros)
+  const bool init = slot >= 0 && p.has_initial_state && p.has_initial_state[b];
   const int w = p.d_conv;
-  const S* state = static_cast<const S*>(p.conv_state) + p.slots[b] * p.conv_state_slot_stride;
+  const S* state =
+      static_cast<const S*>(p.conv_state) + (init ? slot : 0) * p.conv_state_slot_stride;
   const T* x = static_cast<const T*>(p.x);
   T* out = static_cast<T*>(p.out) + static_cast<int64_t>(t) * p.out_stride;
   for (int c = threadIdx.x; c < p.d_inner; c += kConvThreads) {
@@ -63,7 +65,7 @@ __global__ void __launch_bounds__(kConvThreads) ConvStateKernel(CausalConv1dPara
   if (c >= p.d_inner) return;
   const int start = p.cu_seqlens[b];
   const int len = p.cu_seqlens[b + 1] - start;
-  if (len == 0) return;
+  if (len == 0 || p.slots[b] < 0) return;  // a padding row (slot < 0) writes no state
   const bool init = p.has_initial_state && p.has_initial_state[b];
   const int w1 = p.d_conv - 1;
   S* state = static_cast<S*>(p.conv_state) + p.slots[b] * p.conv_state_slot_stride + c * w1;
@@ -103,8 +105,9 @@ __global__ void __launch_bounds__(kScanThreads) ScanKernel(SelectiveScanParams p
   const int len = p.cu_seqlens[b + 1] - start;
   if (len == 0) return;  // block-uniform
   const bool active = c < p.d_inner;
-  const bool init = p.has_initial_state && p.has_initial_state[b];
-  S* state = static_cast<S*>(p.ssm_state) + p.slots[b] * p.ssm_state_slot_stride +
+  const int slot = p.slots[b];  // < 0: a padding row: starts from zeros, stores no state
+  const bool init = slot >= 0 && p.has_initial_state && p.has_initial_state[b];
+  S* state = static_cast<S*>(p.ssm_state) + (slot >= 0 ? slot : 0) * p.ssm_state_slot_stride +
              static_cast<int64_t>(c) * kScanState + n;
   float h = 0.f, A = 0.f, Dc = 0.f;
   if (active) {
@@ -157,7 +160,7 @@ __global__ void __launch_bounds__(kScanThreads) ScanKernel(SelectiveScanParams p
         Out[(start + t0 + tt) * p.out_stride + ch] = FromF32<T>(ys[tt][i % kScanChannels]);
     }
   }
-  if (active) *state = FromF32<S>(h);
+  if (active && slot >= 0) *state = FromF32<S>(h);
 }
 
 }  // namespace

@@ -31,7 +31,7 @@ __global__ void __launch_bounds__(kRouterThreads) RouterSelectKernel(RouterSelec
     }
     p.expert[t] = best;
     p.scale[t] = best_p;
-    if (p.routing_counts) atomicAdd(&counts[best], 1);
+    if (p.routing_counts && (!p.n_counted || t < *p.n_counted)) atomicAdd(&counts[best], 1);
   }
   __syncthreads();
   if (p.routing_counts) {

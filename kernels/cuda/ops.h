@@ -73,7 +73,7 @@ struct CausalConv1dParams {
   int n_slots = 0;
   DType dtype = DType::kF32;                   // of x and out
   const int32_t* cu_seqlens = nullptr;         // [batch + 1]
-  const int32_t* slots = nullptr;              // [batch]
+  const int32_t* slots = nullptr;              // [batch]; < 0: no state (zeros in, nothing stored)
   const uint8_t* has_initial_state = nullptr;  // [batch]; null = all zeros
   const void* x = nullptr;                     // [n_tokens, d_inner], row stride x_stride
   int64_t x_stride = 0;
@@ -99,7 +99,7 @@ struct SelectiveScanParams {
   int n_slots = 0;
   DType dtype = DType::kF32;  // of u, delta, B, C, z, out
   const int32_t* cu_seqlens = nullptr;
-  const int32_t* slots = nullptr;
+  const int32_t* slots = nullptr;  // [batch]; < 0: no state (zeros in, nothing stored)
   const uint8_t* has_initial_state = nullptr;
   const void* u = nullptr;
   int64_t u_stride = 0;
@@ -134,6 +134,7 @@ struct RouterSelectParams {
   int32_t* expert = nullptr;                     // [n_tokens]
   float* scale = nullptr;                        // [n_tokens]
   unsigned long long* routing_counts = nullptr;  // [n_experts] accumulated
+  const int32_t* n_counted = nullptr;  // device [1] or null: only rows < *n_counted are counted
 };
 absl::Status RouterSelect(const RouterSelectParams& p, Stream stream);
 
