@@ -1,7 +1,7 @@
 """End to end: graceful drain of `bmserve serve` on SIGTERM.
 
 1. In-flight streams complete: streams running when SIGTERM arrives finish normally (length)
-   while /ready is 503 and new completions get 503; the process exits 0.
+   while /ready is 503, gRPC health is NOT_SERVING and new completions get 503; exit 0.
 2. Drain timeout: a stream that cannot finish within --drain-timeout ends with finish_reason
    "abort"; the process still exits 0, soon after the timeout.
 3. A second signal during the drain exits at once.
@@ -39,6 +39,23 @@ def usage_tokens(events):
     return usage[-1]["completion_tokens"] if usage else None
 
 
+def grpc_health(srv):
+    """grpc.health.v1.Health/Check for the whole server: "SERVING", "NOT_SERVING", or None when
+    gRPC is unavailable here. The messages are tiny enough to encode by hand (field 1)."""
+    if srv.grpc_port is None:
+        return None
+    try:
+        import grpc  # Debian python3-grpcio
+    except ImportError:
+        return None
+    with grpc.insecure_channel("127.0.0.1:%d" % srv.grpc_port) as channel:
+        check_call = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                         request_serializer=lambda b: b,
+                                         response_deserializer=lambda b: b)
+        reply = check_call(b"", timeout=5)
+    return {b"\x08\x01": "SERVING", b"\x08\x02": "NOT_SERVING"}.get(reply, repr(reply))
+
+
 def generated(srv):
     return harness.parse_metrics(srv.metrics()[1]).get("bmserve:generation_tokens_total", 0)
 
@@ -56,6 +73,8 @@ def in_flight_streams_complete(binary):
         rate = (generated(srv) - g0) / max(time.time() - t0, 1e-3)
         n_tokens = int(min(max(rate * 3, 50), 4000))
         streams = [stream_until_first_token(srv, [7, 8, 9 + i], n_tokens) for i in range(3)]
+        health = grpc_health(srv)
+        check(health in (None, "SERVING"), "gRPC health before the drain: %s" % health, srv)
 
         srv.signal(signal.SIGTERM)
         deadline = time.time() + 5
@@ -65,6 +84,8 @@ def in_flight_streams_complete(binary):
                 break
             check(time.time() < deadline, "/ready still %d 5 s after SIGTERM" % status, srv)
             time.sleep(0.05)
+        health = grpc_health(srv)
+        check(health in (None, "NOT_SERVING"), "gRPC health during the drain: %s" % health, srv)
         m = harness.parse_metrics(srv.metrics()[1])
         check(m.get("bmserve:num_requests_running", 0) > 0,
               "no request was in flight at SIGTERM (streams finished too early)", srv)
