@@ -157,8 +157,10 @@ std::string FlagSet::Usage() const {
   std::string out = absl::StrCat("usage: bmserve ", command_, " [flags]\n\nflags:\n");
   for (const Flag& f : flags_) {
     std::string env = "BMSERVE_" + absl::AsciiStrToUpper(absl::StrReplaceAll(f.name, {{"-", "_"}}));
+    // Secrets (e.g. --api-key set through the environment) are never printed.
+    const bool secret = f.name.find("key") != std::string::npos && !f.get().empty();
     absl::StrAppend(&out, "  --", f.name, f.is_bool ? "" : " VALUE", "\n      ", f.help,
-                    " (default: ", f.get(), "; env ", env, ")\n");
+                    " (default: ", secret ? "<redacted>" : f.get(), "; env ", env, ")\n");
   }
   return out;
 }

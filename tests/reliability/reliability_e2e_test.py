@@ -132,6 +132,14 @@ class AuthEnvAndWarningTest(unittest.TestCase):
         finally:
             s.stop()
 
+    def test_help_documents_and_hides_keys(self):
+        r = subprocess.run([BIN, 'serve', '--help'], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, 'BMSERVE_API_KEY': 'env-secret-key'})
+        self.assertEqual(r.returncode, 0)
+        self.assertIn('--api-key', r.stdout)
+        self.assertIn('/health, /ready, /metrics', r.stdout)
+        self.assertNotIn('env-secret-key', r.stdout + r.stderr)
+
     def test_bad_key_flag(self):
         for bad in ['', 'a,,b', 'has space']:
             r = subprocess.run([BIN, 'serve', '--demo', '--api-key', bad], capture_output=True,
