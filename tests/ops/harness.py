@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -220,6 +221,8 @@ def metric_families(text):
 
 def promtool_findings(text):
     """(exit code, unexpected findings) of `promtool check metrics` over `text`."""
+    if shutil.which("promtool") is None:
+        fail("promtool is not installed (Debian package prometheus; scripts/install-deps.sh --test)")
     out = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
                          text=True, timeout=60)
     findings = [l for l in (out.stdout + out.stderr).splitlines() if l.strip()]
