@@ -12,7 +12,7 @@ PACKAGES=(
 )
 # Extra packages only the test command needs.
 if [[ "${1:-}" == "--test" ]]; then
-  PACKAGES+=(prometheus yamllint clang libclang-rt-14-dev)
+  PACKAGES+=(prometheus yamllint python3-yaml clang libclang-rt-14-dev)
 fi
 
 SUDO=""

@@ -15,8 +15,8 @@ fi
 echo "== unit, e2e and gpu tests =="
 ctest --test-dir build --output-on-failure -j "$JOBS" --timeout 900
 
-# A sanitizer build compiles only the test targets it runs (2-core CI), then runs their tests:
-# ctest skips none of them silently because only those targets' tests are selected by label.
+# A sanitizer build compiles only the test targets it runs (2-core CI), then runs the tests that
+# carry its label (tests/*/CMakeLists.txt): every labelled test's executable is in the list below.
 sanitizer_run() {  # build-dir, cmake-flag, ctest-label, targets...
   local dir=$1 flag=$2 label=$3
   shift 3
@@ -24,8 +24,20 @@ sanitizer_run() {  # build-dir, cmake-flag, ctest-label, targets...
   cmake --build "$dir" -j "$JOBS" --target "$@"
   ctest --test-dir "$dir" --output-on-failure -j "$JOBS" -L "$label" --timeout 900
 }
+TOKENIZER_TESTS=$(cd tests/tokenizer && ls *_test.cc | sed 's/\.cc$//')
 
-echo "== AddressSanitizer + UndefinedBehaviorSanitizer =="
-sanitizer_run build-asan -DBMS_SANITIZE=ON asan weights_test
+echo "== AddressSanitizer + UndefinedBehaviorSanitizer (loaders, tokenizer, reference ops, engine) =="
+# OpenBLAS's threads are not instrumented; one thread keeps the reports about our code.
+OPENBLAS_NUM_THREADS=1 sanitizer_run build-asan -DBMS_SANITIZE=ON asan \
+  weights_test ref_ops_test cpu_backend_test engine_sampler_test engine_scheduler_test \
+  engine_loop_test engine_cpu_engine_test $TOKENIZER_TESTS
+
+echo "== ThreadSanitizer (engine loop, scheduler, sampler threads, metrics) =="
+OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1 sanitizer_run build-tsan -DBMS_TSAN=ON tsan \
+  engine_sampler_test engine_scheduler_test engine_loop_test metrics_registry_test \
+  metrics_collector_test
+
+echo "== fuzz smoke (libFuzzer, clang) =="
+BMS_FUZZ_BUILD=build-fuzz JOBS=$JOBS ./fuzz/run.sh all "${BMS_FUZZ_SECONDS:-30}"
 
 echo "== all tests passed =="
