@@ -23,6 +23,15 @@ cat /tmp/bms/gpu_*_test.log > "$OUT/tests.log"
 echo "tests: $(( $(date +%s) - t0 )) s" >> "$OUT/summary.txt"
 timeout 200 /tmp/bms/bin/bms_bench --json="$OUT/bench.json" > "$OUT/bench.log" 2>&1
 echo "bench exit $?" >> "$OUT/summary.txt"
+# Optional (BMS_NCU=1): per-kernel GPU times of eager batch-1 decode steps of the 2.8b preset
+# (ncu, kernel durations only; skips the ceiling GEMMs).
+if [ "${BMS_NCU:-0}" = 1 ]; then
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  timeout 200 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv \
+    --launch-skip 130 --launch-count 1200 /tmp/bms/bin/bms_bench --batches=1 --prompts= \
+    --bf16_state_batches= --steps=1 > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
+  echo "ncu exit $?" >> "$OUT/summary.txt"
+fi
 {
   echo "---- GPU tests ----"
   grep -E "^=== .* exit|PASSED|FAILED" "$OUT/tests.log" | grep -v "^\[       OK" | head -40

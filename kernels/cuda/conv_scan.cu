@@ -26,7 +26,7 @@ __device__ __forceinline__ int FindSeq(const int32_t* cu_seqlens, int batch, int
   return lo;
 }
 
-// One block per packed token; threads stride over channels. Reads the old window state only.
+// Grid (packed token, channel group of kConvThreads). Reads the old window state only.
 template <typename T, typename S>
 __global__ void __launch_bounds__(kConvThreads) ConvOutKernel(CausalConv1dParams p) {
   const int t = blockIdx.x;
@@ -40,7 +40,9 @@ __global__ void __launch_bounds__(kConvThreads) ConvOutKernel(CausalConv1dParams
       static_cast<const S*>(p.conv_state) + (init ? slot : 0) * p.conv_state_slot_stride;
   const T* x = static_cast<const T*>(p.x);
   T* out = static_cast<T*>(p.out) + static_cast<int64_t>(t) * p.out_stride;
-  for (int c = threadIdx.x; c < p.d_inner; c += kConvThreads) {
+  // Grid (tokens, channel groups): a decode step of a few tokens still spreads over many SMs.
+  for (int c = blockIdx.y * kConvThreads + threadIdx.x; c < p.d_inner;
+       c += kConvThreads * gridDim.y) {
     float acc = 0.f;
     for (int k = 0; k < w; ++k) {
       const int q = pos - (w - 1) + k;  // input position relative to the chunk start
@@ -178,7 +180,9 @@ absl::Status CausalConv1dVarlen(const CausalConv1dParams& p_in, Stream stream) {
     using T = decltype(t);
     return DispatchState(p.conv_state_dtype, [&](auto s) {
       using S = decltype(s);
-      if (p.n_tokens > 0) ConvOutKernel<T, S><<<p.n_tokens, kConvThreads, 0, stream>>>(p);
+      if (p.n_tokens > 0)
+        ConvOutKernel<T, S>
+            <<<dim3(p.n_tokens, CeilDiv(p.d_inner, kConvThreads)), kConvThreads, 0, stream>>>(p);
       ConvStateKernel<T, S>
           <<<dim3(CeilDiv(p.d_inner, kConvThreads), p.batch), kConvThreads, 0, stream>>>(p);
       return 0;

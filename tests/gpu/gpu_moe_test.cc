@@ -114,6 +114,9 @@ TEST_P(MoeTest, GroupedExpertsMatchReference) {
       {"ragged", 211, 64, 80, false, ref::Activation::kGelu, true},
       // k not a multiple of 8 (fc1 k = 60, fc2 k = 52): the register-staged fallback path.
       {"ragged", 77, 60, 52, true, ref::Activation::kGelu, false},
+      // <= 8 rows (decode): the bf16 one-warp-per-column kernel, every epilogue.
+      {"ragged", 7, 72, 200, true, ref::Activation::kSilu, true},
+      {"ragged", 5, 64, 80, false, ref::Activation::kGelu, true},
   };
   for (const auto& [kind, n, d, f, gated, act, with_bias] : cases) {
     SCOPED_TRACE(testing::Message() << kind << " n=" << n << " d=" << d << " f=" << f
