@@ -26,8 +26,8 @@ class CudaBackend : public Backend {
   // Device bytes held for weights and for the state pool (start-up allocations).
   virtual size_t weight_bytes() const = 0;
   virtual size_t state_pool_bytes() const = 0;
-  // Host time (us) the last successful Forward spent before its final wait on the GPU: packing,
-  // validation and launches (or one graph launch). For benchmarks.
+  // Host time (us) of the last Forward from entry to the last launch, before the logits copy
+  // (which waits for the GPU): validation, packing and launches, or one graph launch. Benchmarks.
   virtual double last_step_host_us() const = 0;
   // Decode CUDA graphs captured so far (one per batch bucket) and replays since start-up.
   virtual int graphs_captured() const = 0;

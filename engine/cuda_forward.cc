@@ -175,12 +175,12 @@ absl::Status CudaBackendImpl::Forward(const StepInput& input, std::vector<float>
   BMS_RETURN_IF_ERROR(
       cuda::CopyToDeviceAsync(meta_dev_.get(), meta_host_, n_i32 * 4 + has_state.size(), stream_));
   BMS_RETURN_IF_ERROR(EnqueueStep(T, S, R));
+  MarkEnqueued();  // before the logits copy: a copy into pageable memory waits for the GPU
   if (R > 0) {
     logits->resize(static_cast<size_t>(R) * c.vocab_size);  // [R, vocab_size]
     BMS_RETURN_IF_ERROR(
         cuda::CopyToHostAsync(logits->data(), ws_.logits, logits->size() * 4, stream_));
   }
-  MarkEnqueued();
   // The one sync of the step: logits are on the host, state writes are done, and any
   // asynchronous kernel error surfaces here.
   return cuda::SynchronizeStream(stream_);

@@ -169,10 +169,10 @@ absl::StatusOr<bool> CudaBackendImpl::ForwardDecodeGraph(const StepInput& input,
   if (!st.ok()) return st;
   BMS_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, stream_));
   ++g.replays;
+  MarkEnqueued();  // before the logits copy: a copy into pageable memory waits for the GPU
   logits->resize(static_cast<size_t>(n) * config_.vocab_size);  // [n, vocab_size]
   st = cuda::CopyToHostAsync(logits->data(), ws_.logits, logits->size() * 4, stream_);
   if (!st.ok()) return st;
-  MarkEnqueued();
   st = cuda::SynchronizeStream(stream_);
   if (!st.ok()) return st;
   return true;
