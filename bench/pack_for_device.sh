@@ -3,7 +3,7 @@
 # device lacks (absl, OpenBLAS, gfortran, quadmath: whatever ldd resolves outside the CUDA and
 # base system libraries), into build-perf-carry/bundle.tar.xz for bench/run_on_device.sh.
 set -eu
-cmake -S . -B build-cuda -G Ninja -DBMS_CUDA=ON -DBMS_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release
+cmake -S . -B build-cuda -G Ninja -DBMS_CUDA=ON -DCMAKE_BUILD_TYPE=Release
 TESTS="gpu_ops_test gpu_moe_test gpu_model_test gpu_preset_test gpu_graph_test"
 cmake --build build-cuda --target $TESTS bms_bench -j2
 rm -rf build-perf-carry && mkdir -p build-perf-carry/stage/bin build-perf-carry/stage/lib

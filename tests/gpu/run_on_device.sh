@@ -4,7 +4,7 @@
 #   1. ctest -L gpu (every GPU test, verbose log),
 #   2. compute-sanitizer memcheck and racecheck over each GPU test binary,
 # writing logs to $OUT (or /tmp/bms-gpu-out) and printing a short table last.
-# Build here first:  cmake -S . -B build-cuda -G Ninja -DBMS_CUDA=ON -DBMS_BUILD_SERVER=OFF \
+# Build here first:  cmake -S . -B build-cuda -G Ninja -DBMS_CUDA=ON \
 #   -DCMAKE_BUILD_TYPE=Release && cmake --build build-cuda --target gpu_ops_test gpu_moe_test \
 #   gpu_model_test -j2;  then copy the libraries `ldd` lists (absl, openblas, gfortran,
 #   quadmath) into lib/.
