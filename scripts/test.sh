@@ -24,7 +24,7 @@ sanitizer_run() {  # build-dir, cmake-flag, test executables...
   cmake --build "$dir" -j "$JOBS" --target "$@"
   local t exe
   for t in "$@"; do
-    exe=$(find "$dir/tests" -type f -name "$t" -perm -u+x | head -n 1)
+    exe=$(find "$PWD/$dir/tests" -type f -name "$t" -perm -u+x | head -n 1)
     [[ -n "$exe" ]] || { echo "sanitizer_run: $t was not built"; return 1; }
     echo "-- $t"
     (cd "$(dirname "$exe")" && "$exe" --gtest_brief=1)
