@@ -42,6 +42,13 @@ sanitizer_run build-asan -DBMS_SANITIZE=ON \
   weights_test ref_ops_test cpu_backend_test engine_sampler_test engine_scheduler_test \
   engine_loop_test engine_cpu_engine_test $TOKENIZER_TESTS
 
+echo "== AddressSanitizer + UndefinedBehaviorSanitizer: end-to-end tests against an ASan bmserve =="
+# Same build folder (the libraries are already built); leaks at exit and the start-up test's
+# deliberately impossible allocation are not findings.
+cmake --build build-asan -j "$JOBS" --target bmserve grpc_e2e_test
+ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 \
+  ctest --test-dir build-asan --output-on-failure -j "$JOBS" -L e2e -E soak_ci --timeout 900
+
 echo "== ThreadSanitizer (engine loop, scheduler, sampler threads, metrics) =="
 TSAN_OPTIONS=halt_on_error=1 sanitizer_run build-tsan -DBMS_TSAN=ON \
   engine_sampler_test engine_scheduler_test engine_loop_test metrics_registry_test \
