@@ -80,6 +80,13 @@ def main():
             'bmserve:http_requests_total{route="/v1/completions",code="400"}': 1,
             "bmserve:engine_ready": 1,
         }
+        # A frontend counts its HTTP request after the response is written, so a scrape that
+        # races the client's last response may not show it yet: allow a moment to settle.
+        settle_deadline = time.time() + 5
+        while time.time() < settle_deadline and any(m.get(k) != v for k, v in expect.items()):
+            time.sleep(0.05)
+            _, text = srv.metrics()
+            m = harness.parse_metrics(text)
         for series, want in expect.items():
             check(m.get(series) == want, "%s = %s, expected %s" % (series, m.get(series), want),
                   srv)

@@ -302,6 +302,9 @@ class StartupFailureTest(unittest.TestCase):
             self.assertNotEqual(r.returncode, 0)
             self.assertGreater(len(r.stderr.strip()), 0)
 
+    # AddressSanitizer aborts an allocation larger than the machine instead of throwing
+    # std::bad_alloc, so this check only means something in a plain build.
+    @unittest.skipIf("ASAN_OPTIONS" in os.environ, "ASan aborts impossible allocations")
     def test_impossible_allocation(self):
         r = self.run_serve('--demo', '--max-num-seqs', '2000000000')
         self.assertNotEqual(r.returncode, 0)
