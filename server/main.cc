@@ -14,36 +14,20 @@ struct Command {
 };
 
 const Command kCommands[] = {
-#ifdef BMS_HAVE_CMD_SERVECOMMAND
     {"serve", bms::ServeCommand, "run the HTTP/gRPC server (--model DIR, or --demo)"},
-#endif
-#ifdef BMS_HAVE_CMD_GENERATECOMMAND
     {"generate", bms::GenerateCommand, "generate tokens offline through the engine"},
-#endif
-#ifdef BMS_HAVE_CMD_MAKEMODELCOMMAND
     {"make-model", bms::MakeModelCommand, "write a random-weight model in the published layout"},
-#endif
-#ifdef BMS_HAVE_CMD_INSPECTCOMMAND
     {"inspect", bms::InspectCommand, "list a checkpoint's tensors and validate it"},
-#endif
-#ifdef BMS_HAVE_CMD_TOKENIZECOMMAND
     {"tokenize", bms::TokenizeCommand, "print the token ids of a text"},
-#endif
-#ifdef BMS_HAVE_CMD_DETOKENIZECOMMAND
     {"detokenize", bms::DetokenizeCommand, "print the text of token ids"},
-#endif
-#ifdef BMS_HAVE_CMD_BENCHENGINECOMMAND
     {"bench-engine", bms::BenchEngineCommand, "engine-level throughput/latency benchmark"},
-#endif
-    {nullptr, nullptr, nullptr},
 };
-
 
 void PrintUsage(FILE* out) {
   std::fprintf(out,
                "usage: bmserve <command> [options]\n\n"
                "BlackMamba inference server.\n\ncommands:\n");
-  for (const Command& c : kCommands) if (c.name) std::fprintf(out, "  %-14s %s\n", c.name, c.help);
+  for (const Command& c : kCommands) std::fprintf(out, "  %-14s %s\n", c.name, c.help);
   std::fprintf(out, "\nRun 'bmserve <command> --help' for a command's options.\n");
 }
 
@@ -60,7 +44,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   for (const Command& c : kCommands) {
-    if (c.name && name == c.name) return c.run(bms::Args(argv + 2, argv + argc));
+    if (name == c.name) return c.run(bms::Args(argv + 2, argv + argc));
   }
   std::fprintf(stderr, "bmserve: unknown command '%s'\n\n", name.c_str());
   PrintUsage(stderr);
