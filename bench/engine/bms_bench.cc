@@ -46,6 +46,9 @@ struct Flags {
   std::vector<int> bf16_state_batches = {256, 1024};
   int steps = 20;
   std::string json;
+  // Wrap the last timed step of every eager configuration in ProfilerStart/Stop, so
+  // `ncu --profile-from-start off` sees exactly one step of each.
+  bool profile_steps = false;
 };
 
 bool ParseInts(const std::string& s, std::vector<int>* out) {
@@ -76,6 +79,8 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
       ok = absl::SimpleAtoi(val, &f->steps) && f->steps > 0;
     else if (key == "--json")
       f->json = val;
+    else if (key == "--profile_steps")
+      f->profile_steps = val.empty() || val == "1" || val == "true";
     else
       ok = false;
     if (!ok) {
@@ -240,8 +245,12 @@ int Run(const Flags& f) {
         const std::vector<SeqChunk> seqs = {{.slot = 0, .token_offset = 0, .n_tokens = len}};
         std::vector<double> ms;
         for (int i = 0; i < 6; ++i) {
+          const bool profiled = f.profile_steps && i == 5;
+          if (profiled) cuda::ProfilerStart();
           const auto t = Clock::now();
-          if (auto s = (*backend)->Forward({toks, seqs}, &logits); !s.ok()) {
+          const absl::Status st = (*backend)->Forward({toks, seqs}, &logits);
+          if (profiled) cuda::ProfilerStop();
+          if (auto s = st; !s.ok()) {
             std::fprintf(stderr, "bms_bench: prefill: %s\n", s.ToString().c_str());
             return 1;
           }
@@ -263,8 +272,12 @@ int Run(const Flags& f) {
       const int steps = b >= 512 ? std::max(5, f.steps / 2) : f.steps;
       for (int i = 0; i < steps + 3; ++i) {
         for (auto& t : toks) t = static_cast<int32_t>(rng() % config->vocab_size);
+        const bool profiled = f.profile_steps && !m.graphs && i == steps + 2;
+        if (profiled) cuda::ProfilerStart();
         const auto t = Clock::now();
-        if (auto s = (*backend)->Forward({toks, seqs}, &logits); !s.ok()) {
+        const absl::Status st = (*backend)->Forward({toks, seqs}, &logits);
+        if (profiled) cuda::ProfilerStop();
+        if (auto s = st; !s.ok()) {
           std::fprintf(stderr, "bms_bench: decode: %s\n", s.ToString().c_str());
           return 1;
         }

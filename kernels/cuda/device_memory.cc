@@ -1,6 +1,7 @@
 // CUDA runtime calls behind kernels/cuda/device_memory.h.
 #include "kernels/cuda/device_memory.h"
 
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include "absl/strings/str_cat.h"
@@ -73,6 +74,9 @@ absl::Status SynchronizeStream(Stream stream) {
   BMS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   return absl::OkStatus();
 }
+void ProfilerStart() { cudaProfilerStart(); }
+void ProfilerStop() { cudaProfilerStop(); }
+
 absl::Status DeviceSynchronize() {
   BMS_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
   return absl::OkStatus();

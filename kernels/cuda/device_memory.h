@@ -57,4 +57,8 @@ std::string DeviceDescription();
 // True when a CUDA device is usable; otherwise false and the reason in *why.
 bool DeviceAvailable(std::string* why);
 
+// Brackets a region for a profiler started with collection off (ncu --profile-from-start off).
+void ProfilerStart();
+void ProfilerStop();
+
 }  // namespace bms::cuda
