@@ -98,6 +98,7 @@ class CudaBackendImpl : public CudaBackend {
     float* scale = nullptr;          // [T]
     int32_t* offsets = nullptr;      // [n_experts + 1]
     int32_t* permutation = nullptr;  // [T]
+    unsigned int* ticket = nullptr;  // [1] last-block ticket of AddRmsNormRoute (kept zero)
     void* act = nullptr;             // [T, f]
     void* head_in = nullptr;         // [R, d_model]
     float* logits = nullptr;         // [R, vocab_size]
@@ -116,7 +117,8 @@ class CudaBackendImpl : public CudaBackend {
   // eligible or graphs are unavailable (then Forward runs eagerly).
   absl::StatusOr<bool> ForwardDecodeGraph(const StepInput& input, std::vector<float>* logits);
   absl::Status MambaForward(const MambaLayer& l, int T, int S);
-  absl::Status MlpForward(const MlpLayer& l, int T);
+  // routed: AddRmsNormRoute already wrote ws_.expert/scale/offsets/permutation for this layer.
+  absl::Status MlpForward(const MlpLayer& l, int T, bool routed);
   cuda::StateStorage state_storage() const;
   void UpdateBytesInUse();
 

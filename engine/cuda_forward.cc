@@ -79,6 +79,7 @@ absl::Status CudaBackendImpl::EnsureWorkspace(int tokens, int logit_rows) {
   add(reinterpret_cast<void**>(&w.scale), T * 4);
   add(reinterpret_cast<void**>(&w.offsets), (c.n_experts + 1) * 4);
   add(reinterpret_cast<void**>(&w.permutation), T * 4);
+  add(reinterpret_cast<void**>(&w.ticket), 4);
   add(&w.act, T * c.ffn_hidden_size * e);
   add(&w.head_in, std::max<size_t>(R, 1) * d * e);
   add(reinterpret_cast<void**>(&w.logits), std::max<size_t>(R, 1) * c.vocab_size * 4);
@@ -97,6 +98,12 @@ absl::Status CudaBackendImpl::EnsureWorkspace(int tokens, int logit_rows) {
   for (auto& [p, bytes] : parts) {
     *p = base + off;
     off += AlignUp(bytes);
+  }
+  // The routing ticket must start at zero (the kernel leaves it zero after each launch).
+  if (auto st = cuda::FillBytes(w.ticket, 0, 4, stream_); !st.ok()) {
+    ws_ = Workspace();
+    UpdateBytesInUse();
+    return st;
   }
   w.tokens = tokens;
   w.logit_rows = logit_rows;
@@ -197,22 +204,43 @@ absl::Status CudaBackendImpl::EnqueueStep(int T, int S, int R) {
                                       stream_));
   for (int i = 0; i < c.num_layers; ++i) {
     const Layer& l = layers_[i];
-    BMS_RETURN_IF_ERROR(
-        cuda::AddRmsNorm({.n_rows = T,
-                          .d_model = c.d_model,
-                          .dtype = dtype_,
-                          .h = ws_.h,
-                          .residual = ws_.residual,
-                          .first_layer = i == 0,
-                          .weight = l.norm,
-                          .eps = c.layernorm_epsilon,
-                          .out = ws_.x,
-                          .out_f32 = l.kind == LayerKind::kMoe ? ws_.x_f32 : nullptr},
-                         stream_));
+    const bool moe = l.kind == LayerKind::kMoe && l.mlp.router != nullptr;
+    const cuda::AddNormParams norm{.n_rows = T,
+                                   .d_model = c.d_model,
+                                   .dtype = dtype_,
+                                   .h = ws_.h,
+                                   .residual = ws_.residual,
+                                   .first_layer = i == 0,
+                                   .weight = l.norm,
+                                   .eps = c.layernorm_epsilon,
+                                   .out = ws_.x,
+                                   .out_f32 = moe ? ws_.x_f32 : nullptr};
+    // In front of a MoE layer: norm, router, selection and grouping in one kernel.
+    cuda::AddNormRouteParams route;
+    if (moe) {
+      route = {.norm = norm,
+               .n_experts = l.mlp.n_experts,
+               .router = l.mlp.router,
+               .router_bias = l.mlp.router_bias,
+               .expert = ws_.expert,
+               .scale = ws_.scale,
+               .routing_counts = routing_counts_.as<unsigned long long>() +
+                                 static_cast<size_t>(l.mlp.moe_index) * c.n_experts,
+               .n_counted = d_n_counted_,
+               .expert_offsets = ws_.offsets,
+               .permutation = ws_.permutation,
+               .ticket = ws_.ticket};
+      route.norm.out_f32 = nullptr;
+    }
+    const bool routed = moe && !cuda::LegacyKernels() && cuda::AddRmsNormRouteSupported(route);
+    if (routed)
+      BMS_RETURN_IF_ERROR(cuda::AddRmsNormRoute(route, stream_));
+    else
+      BMS_RETURN_IF_ERROR(cuda::AddRmsNorm(norm, stream_));
     if (l.kind == LayerKind::kMamba)
       BMS_RETURN_IF_ERROR(MambaForward(l.mamba, T, S));
     else
-      BMS_RETURN_IF_ERROR(MlpForward(l.mlp, T));
+      BMS_RETURN_IF_ERROR(MlpForward(l.mlp, T, routed));
   }
 
   if (R > 0) {
@@ -337,14 +365,14 @@ absl::Status CudaBackendImpl::MambaForward(const MambaLayer& l, int T, int S) {
   return absl::OkStatus();
 }
 
-absl::Status CudaBackendImpl::MlpForward(const MlpLayer& l, int T) {
+absl::Status CudaBackendImpl::MlpForward(const MlpLayer& l, int T, bool routed) {
   const ModelConfig& c = config_;
   const int d = c.d_model, f = c.ffn_hidden_size;
   const bool moe = l.router != nullptr;
   const int32_t* offsets = d_dense_offsets_;
   const int32_t* perm = nullptr;
   const float* scale = nullptr;
-  if (moe) {
+  if (moe && !routed) {
     BMS_RETURN_IF_ERROR(gemm_->Linear({.m = T,
                                        .n = l.n_experts,
                                        .k = d,
@@ -371,6 +399,8 @@ absl::Status CudaBackendImpl::MlpForward(const MlpLayer& l, int T) {
                                         .expert_offsets = ws_.offsets,
                                         .permutation = ws_.permutation},
                                        stream_));
+  }
+  if (moe) {
     offsets = ws_.offsets;
     perm = ws_.permutation;
     scale = ws_.scale;

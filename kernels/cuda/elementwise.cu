@@ -1,7 +1,14 @@
 // Embedding gather, fused residual add + RMSNorm / LayerNorm, and bias add (kernels/cuda/ops.h).
+// AddNorm has two kernels: the register-staged one (norm_row.cuh: one block of kFastThreads
+// per row, 16-byte loads, every load issued before any store) for d_model % 4 == 0 and aligned
+// rows, and the original shared-memory one (also selected by BMS_LEGACY_KERNELS=1).
+#include <cstdlib>
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/norm_row.cuh"
 
 namespace bms::cuda {
 namespace {
@@ -70,6 +77,43 @@ __global__ void __launch_bounds__(kNormThreads) AddNormKernel(AddNormParams p) {
   }
 }
 
+constexpr int kFastThreads = 128;
+constexpr int kFastMaxChunks = 8;  // d_model <= 4 * 128 * 8 = 4096
+
+template <typename T, bool kLayerNorm, int kChunks>
+__global__ void __launch_bounds__(kFastThreads) FastAddNormKernel(AddNormParams p) {
+  __shared__ float scratch[kFastThreads / 32];
+  float4 v[kChunks];
+  const int i = blockIdx.x;
+  NormRow<T, kLayerNorm, kFastThreads, kChunks>(p, i, v, scratch);
+  if (p.out_f32) {
+    float* out = p.out_f32 + static_cast<int64_t>(i) * p.d_model;
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      const int c = threadIdx.x + j * kFastThreads;
+      if (c < p.d_model / 4) Store4(out + 4 * c, v[j]);
+    }
+  }
+}
+
+template <typename T, bool kLayerNorm>
+void LaunchFastAddNorm(const AddNormParams& p, int chunks, Stream stream) {
+  switch (chunks) {
+#define BMS_FAST_NORM_CASE(C)                                                      \
+  case C:                                                                          \
+    FastAddNormKernel<T, kLayerNorm, C><<<p.n_rows, kFastThreads, 0, stream>>>(p); \
+    break;
+    BMS_FAST_NORM_CASE(1)
+    BMS_FAST_NORM_CASE(2)
+    BMS_FAST_NORM_CASE(3)
+    BMS_FAST_NORM_CASE(4)
+    BMS_FAST_NORM_CASE(6)
+    default:
+      FastAddNormKernel<T, kLayerNorm, kFastMaxChunks><<<p.n_rows, kFastThreads, 0, stream>>>(p);
+#undef BMS_FAST_NORM_CASE
+  }
+}
+
 template <typename T>
 __global__ void AddBiasKernel(T* y, int64_t stride, int n, const float* bias) {
   const int64_t r = blockIdx.x;
@@ -85,6 +129,18 @@ absl::Status LaunchAddNorm(const AddNormParams& p, Stream stream) {
     return absl::InvalidArgumentError("AddNorm: write_residual needs rows == null");
   if (p.first_layer && !p.h) return absl::InvalidArgumentError("AddNorm: first_layer needs h");
   if (p.n_rows == 0) return absl::OkStatus();
+  if (!LegacyKernels() && FastNormShape(p, 4 * kFastThreads * kFastMaxChunks) &&
+      (!p.out_f32 || Aligned16(p.out_f32))) {
+    int chunks = CeilDiv(p.d_model / 4, kFastThreads);
+    if (chunks == 5) chunks = 6;
+    if (chunks > 6) chunks = kFastMaxChunks;
+    DispatchDType(p.dtype, [&](auto t) {
+      LaunchFastAddNorm<decltype(t), kLayerNorm>(p, chunks, stream);
+      return 0;
+    });
+    BMS_CUDA_CHECK_LAUNCH("AddNorm");
+    return absl::OkStatus();
+  }
   const size_t smem = sizeof(float) * p.d_model;
   if (smem > 48 * 1024) return absl::InvalidArgumentError("AddNorm: d_model too large");
   DispatchDType(p.dtype, [&](auto t) {
@@ -97,6 +153,14 @@ absl::Status LaunchAddNorm(const AddNormParams& p, Stream stream) {
 }
 
 }  // namespace
+
+bool LegacyKernels() {
+  static const bool legacy = [] {
+    const char* v = std::getenv("BMS_LEGACY_KERNELS");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return legacy;
+}
 
 absl::Status Embedding(const EmbeddingParams& p, Stream stream) {
   if (p.n_tokens < 0 || p.d_model <= 0 || !p.tokens || !p.table || !p.out)

@@ -98,7 +98,13 @@ absl::StatusOr<GemmRunner::Plan*> GemmRunner::GetPlan(const LinearParams& p, int
   return raw;
 }
 
-absl::Status GemmRunner::Linear(const LinearParams& p_in, Stream stream) {
+absl::Status GemmRunner::Linear(const LinearParams& p, Stream stream) {
+  if (!LegacyKernels() && p.x && p.w && p.y && SmallMLinearSupported(p))
+    return SmallMLinear(p, stream);
+  return LinearCublas(p, stream);
+}
+
+absl::Status GemmRunner::LinearCublas(const LinearParams& p_in, Stream stream) {
   LinearParams p = p_in;
   if (p.m < 0 || p.n <= 0 || p.k <= 0 || !p.x || !p.w || !p.y)
     return absl::InvalidArgumentError("Linear: bad sizes or null pointer");

@@ -27,6 +27,14 @@ struct LinearParams {
   int64_t y_stride = 0;
 };
 
+// Small-M path (kernels/cuda/gemv.cu): one kernel streaming each weight row once, no split-K
+// reduce, for m <= kSmallMMaxRows (m > 4 only when the weights are under 4 MB). Needs k and the
+// x row stride to be multiples of 4 bytes and 4-byte aligned x and w. GemmRunner::Linear uses it
+// whenever SmallMLinearSupported (unless BMS_LEGACY_KERNELS=1).
+inline constexpr int kSmallMMaxRows = 8;
+bool SmallMLinearSupported(const LinearParams& p);
+absl::Status SmallMLinear(const LinearParams& p, Stream stream);
+
 class GemmRunner {
  public:
   static absl::StatusOr<std::unique_ptr<GemmRunner>> Create(size_t workspace_bytes = 32 << 20);
@@ -34,8 +42,10 @@ class GemmRunner {
   GemmRunner(const GemmRunner&) = delete;
   GemmRunner& operator=(const GemmRunner&) = delete;
 
-  // Enqueues the product on `stream`. m == 0 is a no-op.
+  // Enqueues the product on `stream`. m == 0 is a no-op. Small m goes to SmallMLinear.
   absl::Status Linear(const LinearParams& p, Stream stream);
+  // Always cuBLASLt (tests compare the two paths).
+  absl::Status LinearCublas(const LinearParams& p, Stream stream);
 
  private:
   struct Plan;

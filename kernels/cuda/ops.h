@@ -57,6 +57,35 @@ struct AddNormParams {
 absl::Status AddRmsNorm(const AddNormParams& p, Stream stream);
 absl::Status AddLayerNorm(const AddNormParams& p, Stream stream);
 
+// Fused residual add + RMSNorm + top-1 MoE routing for the norm in front of a MoE layer, in ONE
+// launch (one block per row): the AddNormParams math (out_f32 ignored: the fp32 normalized row
+// stays in registers), then the fp32 router GEMV on that row (n_experts dot products), bias,
+// sigmoid, first-index argmax and scale (RouterSelectParams math), and the grouping by expert
+// (MoeGroupParams math: counts, exclusive prefix sum, stable permutation) done by the last block
+// to finish (atomic ticket). Routing counters: rows < *n_counted only (all rows when null).
+// Needs d_model % 4 == 0, d_model <= 8192, 16-byte aligned row pointers, n_experts <= 64 and
+// rows == null; AddRmsNormRouteSupported says whether a shape qualifies.
+struct AddNormRouteParams {
+  AddNormParams norm;  // rows must be null; out_f32 is not written
+  int n_experts = 0;
+  const float* router = nullptr;       // [n_experts, d_model] fp32
+  const float* router_bias = nullptr;  // [n_experts] or null
+  int32_t* expert = nullptr;           // [n_rows]
+  float* scale = nullptr;              // [n_rows]
+  unsigned long long* routing_counts = nullptr;  // [n_experts] accumulated, or null
+  const int32_t* n_counted = nullptr;            // device [1] or null
+  int32_t* expert_offsets = nullptr;             // [n_experts + 1]
+  int32_t* permutation = nullptr;                // [n_rows]
+  unsigned int* ticket = nullptr;  // device [1]: zero before the first launch; left zero
+};
+bool AddRmsNormRouteSupported(const AddNormRouteParams& p);
+absl::Status AddRmsNormRoute(const AddNormRouteParams& p, Stream stream);
+
+// True when BMS_LEGACY_KERNELS=1 is set in the environment (read once): AddNorm, GemmRunner and
+// the CUDA backend then use the previous kernels (one-block-per-row norm, cuBLASLt for every
+// GEMM, separate router GEMM / RouterSelect / MoeGroup) for A/B measurements.
+bool LegacyKernels();
+
 // y[m, n] += bias[n] (y of dtype, row stride y_stride elements; 0 = n).
 absl::Status AddBias(int m, int n, DType dtype, void* y, int64_t y_stride, const float* bias,
                      Stream stream);
