@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/model_config.h"
+#include "engine/sampler.h"
 
 namespace bms {
 
@@ -68,6 +69,18 @@ class Backend {
   // a repeated slot is InvalidArgument.
   virtual absl::Status Forward(const StepInput& input, std::vector<float>* logits) = 0;
 
+  // True when ForwardSampled samples on the device (only ids and requested logprobs come back);
+  // false when it is Forward plus the host sampler.
+  virtual bool SamplesOnDevice() const { return false; }
+
+  // Forward, then samples one token per logits row: rows[r] is the sampling context of logits
+  // row r (so rows.size() must equal the number of kLast chunks; kAll chunks are not allowed
+  // here). On success *out holds rows.size() tokens, each the same SampledToken (token and,
+  // when requested, logprobs) that SampleToken gives on that row, up to rounding of a CDF
+  // boundary for T > 0 draws on the device. The default runs Forward and the host sampler.
+  virtual absl::Status ForwardSampled(const StepInput& input, std::span<const SampleContext> rows,
+                                      std::vector<SampledToken>* out);
+
   // Copies slot src's whole state into slot dst (forking a prompt for n > 1).
   virtual absl::Status CopyState(int src_slot, int dst_slot) = 0;
 
@@ -83,5 +96,9 @@ class Backend {
   // 0 when unknown. Unlike the rest of the interface, safe to call from any thread.
   virtual size_t memory_bytes_in_use() const { return 0; }
 };
+
+// ForwardSampled's input check: InvalidArgument unless every chunk is kNone or kLast and n_rows
+// equals the number of kLast chunks.
+absl::Status CheckSampledInput(const StepInput& input, size_t n_rows);
 
 }  // namespace bms

@@ -86,6 +86,10 @@ class EngineImpl final : public Engine {
   void Loop();
   void RunStep();
   StepResult Execute(const StepPlan& plan, double* backend_seconds);
+  // Execute through Backend::ForwardSampled (sampling on the device): only when the backend
+  // samples on the device and every logits row is one kLast row sampled by exactly one choice.
+  bool CanSampleOnDevice(const StepPlan& plan) const;
+  absl::Status ForwardSampled(const StepPlan& plan, StepResult* result);
   void Publish(UpdateOutput* out);
 
   // Immutable after construction.
@@ -345,6 +349,11 @@ StepResult EngineImpl::Execute(const StepPlan& plan, double* backend_seconds) {
   if (fail_every_ > 0 && forward_calls_ % fail_every_ == 0) {
     result.status = absl::InternalError(absl::StrCat(
         "injected fault: backend step ", forward_calls_, " failed (step-fail:", fail_every_, ")"));
+  } else if (CanSampleOnDevice(plan)) {
+    result.status = ForwardSampled(plan, &result);
+    *backend_seconds = Seconds(Clock::now() - t0);
+    backend_seconds_.store(backend_seconds_.load() + *backend_seconds);
+    return result;
   } else {
     result.status = backend_->Forward(plan.Input(), &logits_);
   }
@@ -400,6 +409,38 @@ StepResult EngineImpl::Execute(const StepPlan& plan, double* backend_seconds) {
       },
       rows_per_range);
   return result;
+}
+
+bool EngineImpl::CanSampleOnDevice(const StepPlan& plan) const {
+  if (!backend_->SamplesOnDevice()) return false;
+  for (const PlannedSeq& seq : plan.seqs) {
+    if (seq.chunk.logits == LogitsMode::kNone) continue;
+    if (seq.chunk.logits != LogitsMode::kLast || seq.sample_choices.size() != 1 ||
+        !seq.fork_to.empty())
+      return false;
+  }
+  return true;
+}
+
+absl::Status EngineImpl::ForwardSampled(const StepPlan& plan, StepResult* result) {
+  std::vector<SampleContext> rows;  // one per logits row, in chunk order
+  std::vector<size_t> seq_of_row;
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    const PlannedSeq& seq = plan.seqs[i];
+    if (seq.chunk.logits == LogitsMode::kNone) continue;
+    rows.push_back(scheduler_.ContextFor(*seq.request, seq.sample_choices[0]));
+    seq_of_row.push_back(i);
+  }
+  std::vector<SampledToken> sampled;
+  absl::Status s = backend_->ForwardSampled(plan.Input(), rows, &sampled);
+  if (!s.ok()) return s;
+  if (sampled.size() != rows.size())
+    return absl::InternalError("backend returned fewer sampled tokens than asked");
+  result->seq_status.assign(plan.seqs.size(), absl::OkStatus());
+  result->sampled.resize(plan.seqs.size());
+  for (size_t r = 0; r < rows.size(); ++r)
+    result->sampled[seq_of_row[r]].push_back(std::move(sampled[r]));
+  return absl::OkStatus();
 }
 
 void EngineImpl::Publish(UpdateOutput* out) {
