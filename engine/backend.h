@@ -41,6 +41,7 @@ enum class StateDType { kF32, kBF16 };
 
 struct BackendOptions {
   int num_slots = 64;                     // usable state slots; one more is reserved for padding
+                                          // CUDA backend: 0 = as many as fit in the memory budget
   StateDType state_dtype = StateDType::kF32;
   int num_threads = 0;                    // CPU backend: 0 = hardware concurrency
   bool fp32_compute = false;              // CUDA backend: fp32 weights/activations (exactness)

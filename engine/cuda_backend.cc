@@ -110,9 +110,9 @@ size_t CudaBackendImpl::state_bytes_per_slot() const {
 absl::StatusOr<std::unique_ptr<CudaBackendImpl>> CudaBackendImpl::Create(
     const ModelWeights& weights, const BackendOptions& options) {
   const ModelConfig& c = weights.config;
-  if (options.num_slots < 1)
-    return absl::InvalidArgumentError(
-        absl::StrCat("num_slots = ", options.num_slots, " must be >= 1"));
+  if (options.num_slots < 0)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "num_slots = ", options.num_slots, " must be >= 1 (or 0: as many as fit)"));
   if (!(options.gpu_memory_fraction > 0.0 && options.gpu_memory_fraction <= 1.0))
     return absl::InvalidArgumentError(
         absl::StrCat("gpu_memory_fraction = ", options.gpu_memory_fraction, " must be in (0, 1]"));
@@ -146,11 +146,12 @@ absl::Status CudaBackendImpl::Init(const ModelWeights& weights) {
   // Budget: weights + state pool must fit under gpu_memory_fraction of the device.
   size_t weight_bytes = 0;
   BMS_RETURN_IF_ERROR(UploadWeights(weights, /*dry_run=*/true, &weight_bytes));
-  const size_t state_bytes = state_bytes_per_slot() * (static_cast<size_t>(num_slots_) + 1);
   size_t free_b = 0, total_b = 0;
   BMS_RETURN_IF_ERROR(cuda::MemInfo(&free_b, &total_b));
   const double cap = std::min<double>(static_cast<double>(free_b),
                                       memory_fraction_ * static_cast<double>(total_b));
+  if (num_slots_ == 0) BMS_RETURN_IF_ERROR(SizeSlotsFromBudget(cap, weight_bytes));
+  const size_t state_bytes = state_bytes_per_slot() * (static_cast<size_t>(num_slots_) + 1);
   if (static_cast<double>(weight_bytes) > cap)
     return absl::ResourceExhaustedError(absl::StrFormat(
         "CUDA backend: the weights need %.2f GiB but only %.2f GiB of GPU memory are usable "
@@ -206,6 +207,40 @@ absl::Status CudaBackendImpl::Init(const ModelWeights& weights) {
                cuda::DeviceDescription().c_str(), dtype_ == cuda::DType::kF32 ? "fp32" : "bf16",
                GiB(weights_.size()), num_slots_, state_bytes_per_slot(),
                state_dtype_ == StateDType::kF32 ? "fp32" : "bf16", GiB(state_bytes));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackendImpl::SizeSlotsFromBudget(double cap, size_t weight_bytes) {
+  // Held next to the state pool: the activation workspace for a prefill chunk of
+  // kSizingReserveTokens tokens (the engine's token budget, with slack), the GEMM workspace and
+  // a fixed margin for the CUDA libraries' own allocations and graph executables. With CUDA
+  // graphs, each slot also costs one activation row (decode graphs size the workspace for
+  // num_slots rows, logits row included).
+  constexpr size_t kSizingReserveTokens = 4096;
+  constexpr size_t kMarginBytes = size_t{512} << 20;
+  const ModelConfig& c = config_;
+  const size_t e = cuda::DTypeBytes(dtype_);
+  const size_t d = c.d_model, di = c.d_inner(), xdbl = c.dt_rank() + 2 * c.d_state;
+  const size_t token_row = d * (2 * e + 8) + di * 5 * e + xdbl * e + c.n_experts * 4 + 12 +
+                           static_cast<size_t>(c.ffn_hidden_size) * e;
+  const size_t logits_row = d * e + static_cast<size_t>(c.vocab_size) * 4;
+  const size_t reserve = kSizingReserveTokens * token_row + 64 * logits_row + kGemmWorkspaceBytes +
+                         kMarginBytes;
+  const size_t per_slot = state_bytes_per_slot() + (use_graphs_ ? token_row + logits_row : 0);
+  const double avail = cap - static_cast<double>(weight_bytes + reserve + state_bytes_per_slot());
+  const double n = std::floor(avail / static_cast<double>(per_slot));
+  if (n < 1)
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "CUDA backend: num_slots = 0 (as many as fit): not one state slot fits: %.2f GiB usable, "
+        "%.2f GiB of weights, %.2f GiB reserved for activations (gpu_memory_fraction %.2f)",
+        GiB(static_cast<size_t>(cap)), GiB(weight_bytes), GiB(reserve), memory_fraction_));
+  num_slots_ = static_cast<int>(std::min(n, 1.0e9));
+  std::fprintf(stderr,
+               "cuda backend: num_slots = 0: %d state slots fit (%zu bytes each%s; %.2f GiB "
+               "usable, %.2f GiB weights, %.2f GiB reserved for activations)\n",
+               num_slots_, state_bytes_per_slot(),
+               use_graphs_ ? " + one graph activation row" : "", GiB(static_cast<size_t>(cap)),
+               GiB(weight_bytes), GiB(reserve));
   return absl::OkStatus();
 }
 

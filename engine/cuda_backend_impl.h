@@ -107,6 +107,9 @@ class CudaBackendImpl : public CudaBackend {
   CudaBackendImpl(const ModelConfig& config, const BackendOptions& options);
   absl::Status Init(const ModelWeights& weights);
   absl::Status UploadWeights(const ModelWeights& weights, bool dry_run, size_t* bytes);
+  // BackendOptions::num_slots == 0: sets num_slots_ to as many slots as fit in `cap` bytes next
+  // to the weights and an activation reserve (engine/cuda_backend.cc); logs the count and bytes.
+  absl::Status SizeSlotsFromBudget(double cap, size_t weight_bytes);
   absl::Status ValidateInput(const StepInput& input) const;
   absl::Status EnsureWorkspace(int tokens, int logit_rows);
   absl::Status EnsureMeta(size_t bytes);

@@ -15,6 +15,7 @@ int TokenizeCommand(const Args& args);     // cmd_tokenize.cc
 int DetokenizeCommand(const Args& args);   // cmd_tokenize.cc
 int ServeCommand(const Args& args);        // cmd_serve.cc
 int BenchEngineCommand(const Args& args);  // cmd_bench_engine.cc
+int BenchCommand(const Args& args);        // cmd_bench.cc
 int InspectCommand(const Args& args);      // cmd_inspect.cc
 
 }  // namespace bms

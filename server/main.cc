@@ -20,7 +20,10 @@ const Command kCommands[] = {
     {"inspect", bms::InspectCommand, "list a checkpoint's tensors and validate it"},
     {"tokenize", bms::TokenizeCommand, "print the token ids of a text"},
     {"detokenize", bms::DetokenizeCommand, "print the text of token ids"},
-    {"bench-engine", bms::BenchEngineCommand, "engine-level throughput/latency benchmark"},
+    {"bench", bms::BenchCommand,
+     "GPU benchmark suite vs physical floors (CUDA backend, preset random weights)"},
+    {"bench-engine", bms::BenchEngineCommand,
+     "closed-loop request benchmark through the engine loop (any backend, --model/--demo)"},
 };
 
 void PrintUsage(FILE* out) {
