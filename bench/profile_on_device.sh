@@ -13,8 +13,9 @@ export LD_LIBRARY_PATH="/tmp/bms/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 BATCHES=${BMS_PROF_BATCHES:-1,64,256,1024}
 timeout 300 "$NCU" --clock-control none --profile-from-start off --metrics gpu__time_duration.sum \
-  --csv /tmp/bms/bin/bms_bench --batches="$BATCHES" --prompts=2048 --bf16_state_batches= \
-  --steps=2 --profile_steps > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
+  --csv /tmp/bms/bin/bms_bench --presets=blackmamba-2.8b --batches="$BATCHES" --prompts=2048 \
+  --ttft_prompts= --bf16_state_batches= --capacity=false --eager --steps=2 --profile_steps \
+  > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
 echo "ncu exit $?"
 labels="prefill-2048 $(echo "$BATCHES" | tr ',' '\n' | sed 's/^/decode-b/' | tr '\n' ' ')"
 python3 "$ROOT/bench/tools/ncu_step_summary.py" "$OUT/ncu.csv" $labels | tee "$OUT/ncu_summary.txt"
