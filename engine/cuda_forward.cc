@@ -328,6 +328,7 @@ absl::Status CudaBackendImpl::MambaForward(const MambaLayer& l, int T, int S) {
                                      .y = ws_.dt},
                                     stream_));
   BMS_RETURN_IF_ERROR(cuda::SelectiveScanVarlen({.batch = S,
+                                                 .n_tokens = T,  // T == S: decode kernel
                                                  .d_inner = di,
                                                  .d_state = n,
                                                  .n_slots = num_slots_ + 1,

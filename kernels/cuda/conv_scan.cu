@@ -1,6 +1,12 @@
 // Mamba mixer's sequence ops over a packed varlen batch, slot-indexed (kernels/cuda/ops.h):
 // causal depthwise conv1d (+ bias + SiLU) with its window state, and the selective scan with
-// its SSM state. Decode is the one-token-per-sequence case of the same kernels.
+// its SSM state. The launchers pick the decode kernels (kernels/cuda/mamba_decode.cu) or the
+// prefill kernels (kernels/cuda/scan_prefill.cu); the previous general kernels below remain the
+// fallback for other shapes and the `legacy` / BMS_LEGACY_KERNELS=1 choice.
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/cuda/conv_scan_internal.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_util.cuh"
 
@@ -167,6 +173,14 @@ __global__ void __launch_bounds__(kScanThreads) ScanKernel(SelectiveScanParams p
 
 }  // namespace
 
+bool LegacySeqKernelsFromEnv() {
+  static const bool legacy = [] {
+    const char* v = std::getenv("BMS_LEGACY_KERNELS");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return legacy;
+}
+
 absl::Status CausalConv1dVarlen(const CausalConv1dParams& p_in, Stream stream) {
   CausalConv1dParams p = p_in;
   if (p.batch < 0 || p.n_tokens < 0 || p.d_inner <= 0 || p.d_conv < 2 || p.d_conv > 16 ||
@@ -176,11 +190,17 @@ absl::Status CausalConv1dVarlen(const CausalConv1dParams& p_in, Stream stream) {
   if (p.x_stride == 0) p.x_stride = p.d_inner;
   if (p.out_stride == 0) p.out_stride = p.d_inner;
   if (p.conv_state_slot_stride == 0) p.conv_state_slot_stride = int64_t{p.d_inner} * (p.d_conv - 1);
+  const bool legacy = p.legacy || LegacySeqKernelsFromEnv();
+  if (!legacy && LaunchConvUpdate(p, stream)) {
+    BMS_CUDA_CHECK_LAUNCH("CausalConv1dVarlen (decode)");
+    return absl::OkStatus();
+  }
+  const bool fast_out = !legacy && LaunchConvPrefillOut(p, stream);
   DispatchDType(p.dtype, [&](auto t) {
     using T = decltype(t);
     return DispatchState(p.conv_state_dtype, [&](auto s) {
       using S = decltype(s);
-      if (p.n_tokens > 0)
+      if (p.n_tokens > 0 && !fast_out)
         ConvOutKernel<T, S>
             <<<dim3(p.n_tokens, CeilDiv(p.d_inner, kConvThreads)), kConvThreads, 0, stream>>>(p);
       ConvStateKernel<T, S>
@@ -208,6 +228,11 @@ absl::Status SelectiveScanVarlen(const SelectiveScanParams& p_in, Stream stream)
   if (p.z_stride == 0) p.z_stride = p.d_inner;
   if (p.out_stride == 0) p.out_stride = p.d_inner;
   if (p.ssm_state_slot_stride == 0) p.ssm_state_slot_stride = int64_t{p.d_inner} * p.d_state;
+  if (!p.legacy && !LegacySeqKernelsFromEnv() &&
+      (LaunchScanUpdate(p, stream) || LaunchScanChunked(p, stream))) {
+    BMS_CUDA_CHECK_LAUNCH("SelectiveScanVarlen");
+    return absl::OkStatus();
+  }
   DispatchDType(p.dtype, [&](auto t) {
     using T = decltype(t);
     return DispatchState(p.ssm_state_dtype, [&](auto s) {

@@ -93,7 +93,11 @@ absl::Status AddBias(int m, int n, DType dtype, void* y, int64_t y_stride, const
 // Causal depthwise conv1d over a packed varlen batch (ref::CausalConv1dParams math), fused bias
 // and SiLU; reads each sequence's window from conv_state[slot] (zeros for a first chunk) and
 // writes the new window back. Slots must be distinct except the padding slot. Single-token
-// decode is the case cu_seqlens = [0, 1, ..., batch].
+// decode is the case cu_seqlens = [0, 1, ..., batch]: n_tokens == batch selects the decode
+// kernel (one read and one write of each window, 16-byte accesses), which requires exactly one
+// token per sequence. d_conv == 4 with 16-byte aligned x/out rows and d_inner % 8 == 0 runs the
+// vectorized prefill kernel; other shapes, `legacy`, or BMS_LEGACY_KERNELS=1 in the environment
+// run the previous kernels (for A/B measurements).
 struct CausalConv1dParams {
   int batch = 0;
   int n_tokens = 0;  // total packed tokens = cu_seqlens[batch] (host-side value)
@@ -114,6 +118,7 @@ struct CausalConv1dParams {
   void* conv_state = nullptr;  // [n_slots, d_inner, d_conv - 1]
   StateStorage conv_state_dtype = StateStorage::kF32;
   int64_t conv_state_slot_stride = 0;  // 0 = d_inner * (d_conv - 1)
+  bool legacy = false;                 // force the previous kernels
 };
 absl::Status CausalConv1dVarlen(const CausalConv1dParams& p, Stream stream);
 
@@ -121,8 +126,14 @@ absl::Status CausalConv1dVarlen(const CausalConv1dParams& p, Stream stream);
 // exp(dt*A), fp32 recurrence per (sequence, channel) over time with the state in registers,
 // fused D skip and SiLU(z) gate; initial state from the slot (zeros for a first chunk), final
 // state to the slot. Decode is the 1-token-per-sequence case. d_state must be 16.
+// Kernels: n_tokens == batch (decode; exactly one token per sequence) runs the state-update
+// kernel (each slot's state read and written once with 16-byte accesses); otherwise the chunked
+// time-parallel scan (blocks of 128 tokens, a segmented scan over time per (channel, state),
+// the carry passed between chunks in registers). `legacy` or BMS_LEGACY_KERNELS=1 runs the
+// previous sequential kernel.
 struct SelectiveScanParams {
   int batch = 0;
+  int n_tokens = 0;  // host-side cu_seqlens[batch]; 0 = unknown (never the decode kernel)
   int d_inner = 0;
   int d_state = 0;
   int n_slots = 0;
@@ -149,6 +160,7 @@ struct SelectiveScanParams {
   void* ssm_state = nullptr;  // [n_slots, d_inner, d_state]
   StateStorage ssm_state_dtype = StateStorage::kF32;
   int64_t ssm_state_slot_stride = 0;
+  bool legacy = false;  // force the previous kernel
 };
 absl::Status SelectiveScanVarlen(const SelectiveScanParams& p, Stream stream);
 

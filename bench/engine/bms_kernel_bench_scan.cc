@@ -1,0 +1,304 @@
+// Micro-benchmark of the Mamba sequence kernels at blackmamba-2.8b shapes (d_inner 5120,
+// d_state 16, dt_rank 160, d_conv 4; bf16 activations): the decode conv update and selective
+// state update at batch 1/64/256/1024 (fp32 and bf16 state), the prefill conv and scan at
+// 512/2048/4096 tokens (one sequence), each new kernel next to the legacy one. GPU time by CUDA
+// events, median of 20 calls after 3 warm-up calls; every call uses a different set of slots
+// from a state pool larger than L2, so state traffic comes from HBM. Prints bytes moved, the
+// bandwidth floor (bytes / measured device-copy bandwidth) and floor / measured.
+// Usage: bms_kernel_bench_scan [--reps N]   (no gRPC, no model)
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/device_memory.h"
+#include "kernels/cuda/event_timer.h"
+#include "kernels/cuda/ops.h"
+
+namespace bms {
+namespace {
+
+constexpr int kDi = 5120, kN = 16, kR = 160, kW = 4;
+constexpr int kWarm = 3;
+
+struct Row {
+  std::string name;
+  double bytes, us_new, us_legacy;
+};
+
+float Median(std::vector<float> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "error: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+absl::StatusOr<cuda::DeviceBuffer> Random(size_t bytes, const char* what, uint32_t seed) {
+  auto b = cuda::DeviceBuffer::Alloc(bytes, what);
+  if (!b.ok()) return b.status();
+  // Small finite values in both fp32 and bf16 views: bytes 0x3c / 0x3d pattern-ish.
+  std::vector<uint16_t> h(bytes / 2);
+  std::mt19937 rng(seed);
+  for (auto& x : h) x = static_cast<uint16_t>(0x3c00 + rng() % 0x200);
+  if (auto s = cuda::CopyToDevice(b->get(), h.data(), h.size() * 2); !s.ok()) return s;
+  return b;
+}
+
+int Main(int argc, char** argv) {
+  int reps = 20;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
+      reps = std::atoi(argv[++i]);
+    } else {
+      std::fprintf(stderr, "usage: %s [--reps N]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (reps < 1) {
+    std::fprintf(stderr, "--reps must be >= 1\n");
+    return 2;
+  }
+  std::string why;
+  if (!cuda::DeviceAvailable(&why)) {
+    std::fprintf(stderr, "no GPU: %s\n", why.c_str());
+    return 1;
+  }
+  std::printf("device: %s\n", cuda::DeviceDescription().c_str());
+  auto stream_or = cuda::CreateStream();
+  if (!stream_or.ok()) return Fail(stream_or.status());
+  cuda::Stream stream = *stream_or;
+  auto timed = [&](const std::function<absl::Status(int)>& fn) -> absl::StatusOr<float> {
+    auto t = cuda::TimeEachCall(fn, kWarm + reps, stream);
+    if (!t.ok()) return t.status();
+    return Median(std::vector<float>(t->begin() + kWarm, t->end()));
+  };
+
+  // Device copy bandwidth (read + write counted), 1 GiB.
+  const size_t copy_bytes = size_t{1} << 30;
+  auto c0 = cuda::DeviceBuffer::Alloc(copy_bytes, "copy src");
+  auto c1 = cuda::DeviceBuffer::Alloc(copy_bytes, "copy dst");
+  if (!c0.ok() || !c1.ok()) return Fail(c0.ok() ? c1.status() : c0.status());
+  auto copy_us =
+      timed([&](int) { return cuda::CopyDeviceToDevice(c1->get(), c0->get(), copy_bytes); });
+  if (!copy_us.ok()) return Fail(copy_us.status());
+  const double bw = 2.0 * copy_bytes / (*copy_us * 1e-6);  // bytes / s
+  std::printf("device copy: %.0f GB/s (read + write)\n", bw / 1e9);
+  *c0 = cuda::DeviceBuffer();
+  *c1 = cuda::DeviceBuffer();
+
+  // Shared inputs, sized for the largest case (4096 tokens).
+  const int max_t = 4096, xdbl = kR + 2 * kN;
+  auto xz = Random(static_cast<size_t>(max_t) * 2 * kDi * 2, "xz", 1);
+  auto xc = Random(static_cast<size_t>(max_t) * kDi * 2, "xc", 2);
+  auto dbc = Random(static_cast<size_t>(max_t) * xdbl * 2, "dbc", 3);
+  auto dtb = Random(static_cast<size_t>(max_t) * kDi * 2, "dt", 4);
+  auto out = cuda::DeviceBuffer::Alloc(static_cast<size_t>(max_t) * kDi * 2, "out");
+  auto conv_w = cuda::DeviceBuffer::Alloc(static_cast<size_t>(kDi) * kW * 4, "conv w");
+  auto vec = cuda::DeviceBuffer::Alloc(static_cast<size_t>(kDi) * kN * 4, "A");
+  for (auto* b : {&xz, &xc, &dbc, &dtb, &out, &conv_w, &vec})
+    if (!b->ok()) return Fail(b->status());
+  {
+    std::vector<float> w(kDi * kW, 0.1f), a(kDi * kN, -0.5f);
+    if (auto s = cuda::CopyToDevice(conv_w->get(), w.data(), w.size() * 4); !s.ok()) return Fail(s);
+    if (auto s = cuda::CopyToDevice(vec->get(), a.data(), a.size() * 4); !s.ok()) return Fail(s);
+  }
+  const float* A = vec->as<float>();
+  const float* conv_weight = conv_w->as<float>();
+  const char* dbc_p = dbc->as<char>();
+
+  std::vector<Row> rows;
+  // ---- Decode: batch B of 1-token sequences on rotating slots of a pool > L2. ----
+  const int pool = 2048;
+  const int max_b = 1024;
+  std::vector<int32_t> cu(max_b + 1);
+  std::iota(cu.begin(), cu.end(), 0);
+  std::vector<uint8_t> has(max_b, 1);
+  auto dcu = cuda::DeviceBuffer::Alloc(cu.size() * 4, "cu");
+  auto dhas = cuda::DeviceBuffer::Alloc(has.size(), "has");
+  const int n_sets = kWarm + reps;
+  auto dslots = cuda::DeviceBuffer::Alloc(static_cast<size_t>(n_sets) * max_b * 4, "slots");
+  if (!dcu.ok() || !dhas.ok() || !dslots.ok()) return Fail(absl::InternalError("alloc meta"));
+  if (auto s = cuda::CopyToDevice(dcu->get(), cu.data(), cu.size() * 4); !s.ok()) return Fail(s);
+  if (auto s = cuda::CopyToDevice(dhas->get(), has.data(), has.size()); !s.ok()) return Fail(s);
+  for (cuda::StateStorage st : {cuda::StateStorage::kF32, cuda::StateStorage::kBF16}) {
+    const int e = st == cuda::StateStorage::kF32 ? 4 : 2;
+    const char* sname = st == cuda::StateStorage::kF32 ? "f32" : "bf16";
+    auto ssm = cuda::DeviceBuffer::Alloc(static_cast<size_t>(pool) * kDi * kN * e, "ssm pool");
+    auto conv =
+        cuda::DeviceBuffer::Alloc(static_cast<size_t>(pool) * kDi * (kW - 1) * e, "conv pool");
+    if (!ssm.ok() || !conv.ok()) return Fail(ssm.ok() ? conv.status() : ssm.status());
+    if (auto s = cuda::FillBytes(ssm->get(), 0, ssm->size()); !s.ok()) return Fail(s);
+    if (auto s = cuda::FillBytes(conv->get(), 0, conv->size()); !s.ok()) return Fail(s);
+    for (int B : {1, 64, 256, 1024}) {
+      // Call r uses slots [(r * B + i) % pool]: consecutive calls touch different state.
+      std::vector<int32_t> sl(static_cast<size_t>(n_sets) * max_b);
+      for (int r = 0; r < n_sets; ++r)
+        for (int i = 0; i < B; ++i) sl[static_cast<size_t>(r) * max_b + i] = (r * B + i) % pool;
+      if (auto s = cuda::CopyToDevice(dslots->get(), sl.data(), sl.size() * 4); !s.ok())
+        return Fail(s);
+      const int32_t* slots = dslots->as<int32_t>();
+      float us[2][2];  // [conv, scan][new, legacy]
+      for (int legacy = 0; legacy < 2; ++legacy) {
+        auto conv_t = timed([&](int r) {
+          return cuda::CausalConv1dVarlen({.batch = B,
+                                           .n_tokens = B,
+                                           .d_inner = kDi,
+                                           .d_conv = kW,
+                                           .n_slots = pool,
+                                           .dtype = cuda::DType::kBF16,
+                                           .cu_seqlens = dcu->as<int32_t>(),
+                                           .slots = slots + static_cast<size_t>(r) * max_b,
+                                           .has_initial_state = dhas->as<uint8_t>(),
+                                           .x = xz->get(),
+                                           .x_stride = 2 * kDi,
+                                           .weight = conv_weight,
+                                           .bias = nullptr,
+                                           .silu = true,
+                                           .out = out->get(),
+                                           .conv_state = conv->get(),
+                                           .conv_state_dtype = st,
+                                           .legacy = legacy == 1},
+                                          stream);
+        });
+        auto scan_t = timed([&](int r) {
+          return cuda::SelectiveScanVarlen({.batch = B,
+                                            .n_tokens = B,
+                                            .d_inner = kDi,
+                                            .d_state = kN,
+                                            .n_slots = pool,
+                                            .dtype = cuda::DType::kBF16,
+                                            .cu_seqlens = dcu->as<int32_t>(),
+                                            .slots = slots + static_cast<size_t>(r) * max_b,
+                                            .has_initial_state = dhas->as<uint8_t>(),
+                                            .u = xc->get(),
+                                            .delta = dtb->get(),
+                                            .delta_bias = nullptr,
+                                            .delta_softplus = true,
+                                            .A = A,
+                                            .B = dbc_p + kR * 2,
+                                            .B_stride = xdbl,
+                                            .C = dbc_p + (kR + kN) * 2,
+                                            .C_stride = xdbl,
+                                            .D = nullptr,
+                                            .z = xz->as<char>() + kDi * 2,
+                                            .z_stride = 2 * kDi,
+                                            .out = out->get(),
+                                            .ssm_state = ssm->get(),
+                                            .ssm_state_dtype = st,
+                                            .legacy = legacy == 1},
+                                           stream);
+        });
+        if (!conv_t.ok()) return Fail(conv_t.status());
+        if (!scan_t.ok()) return Fail(scan_t.status());
+        us[0][legacy] = *conv_t;
+        us[1][legacy] = *scan_t;
+      }
+      const double act = 2.0;  // bf16 activations
+      // conv: window read + write, x in, out.
+      const double conv_bytes = double(B) * kDi * ((kW - 1) * e * 2.0 + 2 * act);
+      // scan: state read + write, u, dt, z in, out, B and C rows.
+      const double scan_bytes = double(B) * kDi * (kN * e * 2.0 + 4 * act) + B * 2.0 * kN * act;
+      rows.push_back({"decode conv  B=" + std::to_string(B) + " state " + sname, conv_bytes,
+                      us[0][0], us[0][1]});
+      rows.push_back({"decode scan  B=" + std::to_string(B) + " state " + sname, scan_bytes,
+                      us[1][0], us[1][1]});
+    }
+  }
+
+  // ---- Prefill: one sequence of T tokens, first chunk, fp32 state, bf16 activations. ----
+  {
+    auto ssm = cuda::DeviceBuffer::Alloc(static_cast<size_t>(4) * kDi * kN * 4, "ssm");
+    auto conv = cuda::DeviceBuffer::Alloc(static_cast<size_t>(4) * kDi * (kW - 1) * 4, "conv");
+    if (!ssm.ok() || !conv.ok()) return Fail(absl::InternalError("alloc prefill state"));
+    const std::vector<int32_t> zero_slot = {0};
+    const std::vector<uint8_t> first = {0};
+    auto dslot = cuda::DeviceBuffer::Alloc(4, "slot");
+    auto dfirst = cuda::DeviceBuffer::Alloc(1, "first");
+    auto dcu2 = cuda::DeviceBuffer::Alloc(8, "cu");
+    if (!dslot.ok() || !dfirst.ok() || !dcu2.ok()) return Fail(absl::InternalError("alloc"));
+    if (auto s = cuda::CopyToDevice(dslot->get(), zero_slot.data(), 4); !s.ok()) return Fail(s);
+    if (auto s = cuda::CopyToDevice(dfirst->get(), first.data(), 1); !s.ok()) return Fail(s);
+    for (int T : {512, 2048, 4096}) {
+      const std::vector<int32_t> cu2 = {0, T};
+      if (auto s = cuda::CopyToDevice(dcu2->get(), cu2.data(), 8); !s.ok()) return Fail(s);
+      float us[2][2];
+      for (int legacy = 0; legacy < 2; ++legacy) {
+        auto conv_t = timed([&](int) {
+          return cuda::CausalConv1dVarlen({.batch = 1,
+                                           .n_tokens = T,
+                                           .d_inner = kDi,
+                                           .d_conv = kW,
+                                           .n_slots = 4,
+                                           .dtype = cuda::DType::kBF16,
+                                           .cu_seqlens = dcu2->as<int32_t>(),
+                                           .slots = dslot->as<int32_t>(),
+                                           .has_initial_state = dfirst->as<uint8_t>(),
+                                           .x = xz->get(),
+                                           .x_stride = 2 * kDi,
+                                           .weight = conv_weight,
+                                           .silu = true,
+                                           .out = out->get(),
+                                           .conv_state = conv->get(),
+                                           .legacy = legacy == 1},
+                                          stream);
+        });
+        auto scan_t = timed([&](int) {
+          return cuda::SelectiveScanVarlen({.batch = 1,
+                                            .n_tokens = T,
+                                            .d_inner = kDi,
+                                            .d_state = kN,
+                                            .n_slots = 4,
+                                            .dtype = cuda::DType::kBF16,
+                                            .cu_seqlens = dcu2->as<int32_t>(),
+                                            .slots = dslot->as<int32_t>(),
+                                            .has_initial_state = dfirst->as<uint8_t>(),
+                                            .u = xc->get(),
+                                            .delta = dtb->get(),
+                                            .delta_softplus = true,
+                                            .A = A,
+                                            .B = dbc_p + kR * 2,
+                                            .B_stride = xdbl,
+                                            .C = dbc_p + (kR + kN) * 2,
+                                            .C_stride = xdbl,
+                                            .z = xz->as<char>() + kDi * 2,
+                                            .z_stride = 2 * kDi,
+                                            .out = out->get(),
+                                            .ssm_state = ssm->get(),
+                                            .legacy = legacy == 1},
+                                           stream);
+        });
+        if (!conv_t.ok()) return Fail(conv_t.status());
+        if (!scan_t.ok()) return Fail(scan_t.status());
+        us[0][legacy] = *conv_t;
+        us[1][legacy] = *scan_t;
+      }
+      rows.push_back(
+          {"prefill conv T=" + std::to_string(T), double(T) * kDi * 2 * 2.0, us[0][0], us[0][1]});
+      rows.push_back({"prefill scan T=" + std::to_string(T),
+                      double(T) * kDi * 2 * 4.0 + double(T) * 2 * kN * 2, us[1][0], us[1][1]});
+    }
+  }
+
+  std::printf("\n%-30s %10s %10s %10s %10s %7s %7s\n", "kernel", "MB", "floor us", "new us",
+              "legacy us", "ratio", "speedup");
+  for (const Row& r : rows) {
+    const double floor_us = r.bytes / bw * 1e6;
+    std::printf("%-30s %10.2f %10.1f %10.1f %10.1f %7.2f %7.2f\n", r.name.c_str(), r.bytes / 1e6,
+                floor_us, r.us_new, r.us_legacy, floor_us / r.us_new, r.us_legacy / r.us_new);
+  }
+  std::printf("ratio = floor / new (1.0 = at the copy bandwidth); median of %d calls\n", reps);
+  cuda::DestroyStream(stream);
+  return 0;
+}
+
+}  // namespace
+}  // namespace bms
+
+int main(int argc, char** argv) { return bms::Main(argc, argv); }
