@@ -34,7 +34,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
 
 if [ "${BMS_LOCAL_DEMO:-0}" = 1 ]; then
   # Dry run of this script on a CPU machine: the demo model, no engine bench.
-  MODEL_ARGS="--demo --backend cpu --tokenizer $CARRY/tokenizer.json"
+  MODEL_ARGS="--demo --backend cpu --cpu-threads 1"
 else
   stamp "make-model blackmamba-2.8b bf16"
   if ! "$B/bmserve" make-model --preset blackmamba-2.8b --dtype bf16 --out /tmp/bm-2.8b \
@@ -125,8 +125,8 @@ stamp "serve exit $?"
 
 BATCHES=$(echo $CONC | tr ' ' ',')
 stamp "bms_bench --batches=$BATCHES"
-[ "${BMS_LOCAL_DEMO:-0}" = 1 ] || timeout 150 "$B/bms_bench" --batches="$BATCHES" --prompts= --bf16_state_batches= --steps=20 \
-  --json="$OUT/bench.json" > "$OUT/bench.log" 2>&1
+[ "${BMS_LOCAL_DEMO:-0}" = 1 ] || timeout 150 "$B/bms_bench" --presets=blackmamba-2.8b --batches="$BATCHES" --prompts= \
+  --ttft_prompts= --bf16_state_batches= --capacity=false --eager --steps=20 --json="$OUT/bench.json" > "$OUT/bench.log" 2>&1
 stamp "bench exit $?"
 
 python3 - "$OUT" > "$OUT/table.txt" <<'PY'
@@ -135,27 +135,29 @@ out = sys.argv[1]
 engine = {}
 try:
     for row in json.load(open(os.path.join(out, 'bench.json')))['rows']:
-        if row['kind'] == 'decode' and row['state'] == 'f32':
+        if row['kind'] == 'decode' and row['state'] == 'f32' and \
+                row.get('preset', 'blackmamba-2.8b') == 'blackmamba-2.8b':
             engine.setdefault(row['size'], {})[row['mode']] = row['tokens_per_s']
 except Exception as e:
     print('no engine bench:', e)
 def key(p):
     j = json.load(open(p))
     return (j['options']['mode'] != 'closed', j['options']['concurrency'] or j['options']['rate'])
-print('%-10s %6s %6s %8s %10s %10s %9s %8s %8s %8s %8s' % (
-    'load', 'done', 'fail', 'req/s', 'srv tok/s', 'eng tok/s', 'overhead', 'ttft50', 'ttft99',
-    'itl50', 'itl99'))
+print('%-9s %5s %4s %7s %9s %9s %9s %8s %7s %7s %6s %6s' % (
+    'load', 'done', 'fail', 'req/s', 'srv tok/s', 'eng graph', 'eng eager', 'overhead', 'ttft50',
+    'ttft99', 'itl50', 'itl99'))
 for p in sorted(glob.glob(os.path.join(out, 'lg_[cr]*.json')), key=key):
     j = json.load(open(p))
     o = j['options']
     load = 'c=%d' % o['concurrency'] if o['mode'] == 'closed' else 'r=%g/s' % o['rate']
     srv = j['steady_output_tokens_per_s']
-    eng = engine.get(o['concurrency'], {}).get('graph') if o['mode'] == 'closed' else None
-    ovh = '%8.1f%%' % (100 * (1 - srv / eng)) if eng else '%9s' % '-'
-    print('%-10s %6d %6d %8.2f %10.0f %10s %s %8.1f %8.1f %8.2f %8.2f' % (
+    e = engine.get(o['concurrency'], {}) if o['mode'] == 'closed' else {}
+    eng, eager = e.get('graph'), e.get('eager')
+    ovh = '%7.1f%%' % (100 * (1 - srv / eng)) if eng else '%8s' % '-'
+    print('%-9s %5d %4d %7.2f %9.0f %9s %9s %s %7.1f %7.1f %6.2f %6.2f' % (
         load, j['requests_completed'], j['requests_failed'], j['requests_per_s'], srv,
-        '%.0f' % eng if eng else '-', ovh, j['ttft_ms']['p50'], j['ttft_ms']['p99'],
-        j['itl_ms']['p50'], j['itl_ms']['p99']))
+        '%.0f' % eng if eng else '-', '%.0f' % eager if eager else '-', ovh,
+        j['ttft_ms']['p50'], j['ttft_ms']['p99'], j['itl_ms']['p50'], j['itl_ms']['p99']))
 print('srv tok/s: output tokens/s in [warmup, duration] of the run; eng tok/s: bms_bench decode,')
 print('CUDA graphs, f32 state, same batch; overhead = 1 - srv/eng (includes prefill of new')
 print('requests and eager mixed steps). Latencies in ms; itl = gap between streamed chunks.')
