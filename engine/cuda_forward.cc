@@ -3,6 +3,7 @@
 // kernels/cuda ops and cuBLASLt, and copies back only the requested logits rows (the step's
 // single host sync).
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -366,6 +367,16 @@ absl::Status CudaBackendImpl::MambaForward(const MambaLayer& l, int T, int S) {
   return absl::OkStatus();
 }
 
+cuda::GroupedGemmTuner* CudaBackendImpl::GroupedTuner() {
+  if (!grouped_tuner_) {
+    // Timing on unless BMS_GROUPED_GEMM_TUNE=0 (then the deterministic size heuristic).
+    const char* env = std::getenv("BMS_GROUPED_GEMM_TUNE");
+    const bool timing = env == nullptr || std::strcmp(env, "0") != 0;
+    grouped_tuner_ = std::make_unique<cuda::GroupedGemmTuner>(timing);
+  }
+  return grouped_tuner_.get();
+}
+
 absl::Status CudaBackendImpl::MlpForward(const MlpLayer& l, int T, bool routed) {
   const ModelConfig& c = config_;
   const int d = c.d_model, f = c.ffn_hidden_size;
@@ -422,7 +433,8 @@ absl::Status CudaBackendImpl::MlpForward(const MlpLayer& l, int T, bool routed) 
        .a_rows = perm,
        .w = l.fc1,
        .bias = l.fc1_bias,
-       .out = ws_.act},
+       .out = ws_.act,
+       .tuner = GroupedTuner()},
       stream_));
   // fc2, routing scale and un-permute: [T, d_model] in token order.
   return cuda::GroupedGemm({.n_rows = T,
@@ -437,7 +449,8 @@ absl::Status CudaBackendImpl::MlpForward(const MlpLayer& l, int T, bool routed) 
                             .bias = l.fc2_bias,
                             .scale = scale,
                             .out_rows = perm,
-                            .out = ws_.h},
+                            .out = ws_.h,
+                            .tuner = GroupedTuner()},
                            stream_);
 }
 

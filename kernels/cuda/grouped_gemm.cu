@@ -4,69 +4,35 @@
 // tensor cores (mma.sync m16n8k16, fp32 accumulate); fp32 runs a SIMT FMA kernel for the exact
 // mode. Epilogues: gated activation (both halves of fc1 computed by the same tile), plain
 // activation, and routing-scale + un-permute (rows land in token order).
-#include "kernels/cuda/cuda_check.h"
-#include "kernels/cuda/device_util.cuh"
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/grouped_gemm_internal.cuh"
 
 namespace bms::cuda {
 namespace {
 
+using grouped::CpAsync16;
+using grouped::CpAsyncCommit;
+using grouped::CpAsyncWait;
+using grouped::FindTile;
+using grouped::MmaBf16;
+using grouped::StoreOut;
+using grouped::Tile;
+
 constexpr int kBM = 64;
 constexpr int kBN = 64;
-
-struct Tile {
-  int expert = -1;
-  int row_begin = 0;  // first grouped row of this tile
-  int row_end = 0;    // one past the expert's last grouped row
-};
-
-// The tile-th non-empty row tile over all experts, in expert order (expert = -1: none).
-__device__ __forceinline__ Tile FindTile(const int32_t* offsets, int n_experts, int tile) {
-  Tile t;
-  for (int e = 0; e < n_experts; ++e) {
-    const int begin = offsets[e], end = offsets[e + 1];
-    const int tiles = (end - begin + kBM - 1) / kBM;
-    if (tile < tiles) {
-      t.expert = e;
-      t.row_begin = begin + tile * kBM;
-      t.row_end = end;
-      return t;
-    }
-    tile -= tiles;
-  }
-  return t;
-}
-
-template <GroupedEpilogue kEpi, typename T>
-__device__ __forceinline__ void StoreOut(const GroupedGemmParams& p, int e, int r, int j,
-                                         float acc0, float acc1) {
-  T* out = static_cast<T*>(p.out);
-  if constexpr (kEpi == GroupedEpilogue::kGatedAct) {
-    const float* b = p.bias ? p.bias + static_cast<int64_t>(e) * 2 * p.n : nullptr;
-    const float a0 = acc0 + (b ? b[j] : 0.f), a1 = acc1 + (b ? b[p.n + j] : 0.f);
-    out[r * p.ldo + j] = FromF32<T>(ApplyAct(p.activation, a0) * a1);
-  } else if constexpr (kEpi == GroupedEpilogue::kAct) {
-    const float* b = p.bias ? p.bias + static_cast<int64_t>(e) * p.n : nullptr;
-    out[r * p.ldo + j] = FromF32<T>(ApplyAct(p.activation, acc0 + (b ? b[j] : 0.f)));
-  } else {
-    const float* b = p.bias ? p.bias + static_cast<int64_t>(e) * p.n : nullptr;
-    const int64_t tok = p.out_rows ? p.out_rows[r] : r;
-    const float s = p.scale ? p.scale[tok] : 1.f;
-    out[tok * p.ldo + j] = FromF32<T>((acc0 + (b ? b[j] : 0.f)) * s);
-  }
-}
 
 // ---- bf16 tensor-core kernel: 128 threads = 2x2 warps, each a 32 x 32 tile (per half). ----
 constexpr int kMmaBK = 32;
 constexpr int kMmaLd = kMmaBK + 8;  // padded row (bf16): conflict-free 32-bit fragment loads
 constexpr int kMmaThreads = 128;
-
-__device__ __forceinline__ void MmaBf16(float* c, const uint32_t* a, const uint32_t* b) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 
 // Loads 8 consecutive k elements of one row (zeros past k or for an invalid row).
 __device__ __forceinline__ uint4 Load8(const bf16* row, int kc, int k, bool vec) {
@@ -79,18 +45,6 @@ __device__ __forceinline__ uint4 Load8(const bf16* row, int kc, int k, bool vec)
 #pragma unroll
   for (int i = 0; i < 8; ++i) u.h[i] = kc + i < k ? row[kc + i] : __float2bfloat16_rn(0.f);
   return u.v;
-}
-
-// 16-byte global -> shared copy that bypasses registers (zero-fill when !valid).
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
 // kAsync (k % 8 == 0, 16-byte aligned rows): a kMmaStages-deep cp.async pipeline. Otherwise one
@@ -107,7 +61,7 @@ __global__ void __launch_bounds__(kMmaThreads) GroupedGemmMmaKernel(GroupedGemmP
   __shared__ __align__(16) bf16 As[kStages][kBM][kMmaLd];
   __shared__ __align__(16) bf16 Bs[kStages][kBRows][kMmaLd];
 
-  const Tile tile = FindTile(p.expert_offsets, p.n_experts, blockIdx.y);
+  const Tile tile = FindTile<kBM>(p.expert_offsets, p.n_experts, blockIdx.y);
   if (tile.expert < 0) return;
   const int n0 = blockIdx.x * kBN;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -245,7 +199,7 @@ __global__ void __launch_bounds__(kF32Threads) GroupedGemmF32Kernel(GroupedGemmP
   constexpr int kBRows = kHalves * kBN;
   __shared__ float As[kF32BK][kBM + 4];
   __shared__ float Bs[kF32BK][kBRows + 4];
-  const Tile tile = FindTile(p.expert_offsets, p.n_experts, blockIdx.y);
+  const Tile tile = FindTile<kBM>(p.expert_offsets, p.n_experts, blockIdx.y);
   if (tile.expert < 0) return;
   const int n0 = blockIdx.x * kBN;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -303,9 +257,8 @@ __global__ void __launch_bounds__(kF32Threads) GroupedGemmF32Kernel(GroupedGemmP
 // row tiles of 64 and reaches only n/64 blocks per expert when rows are few. ----
 constexpr int kGemvWarps = 8;
 constexpr int kGemvRows = 8;
-constexpr int kGemvMaxRows =
-    8;  // n_rows (host) at or below this use this kernel (measured:
-        // faster than the MMA kernel at 1 and 8 rows, 1.4-2x slower at 32-64)
+// (Variant "gemv": the default for <= 8 rows until the 16-row k-split tiles of
+// grouped_gemm_tiled.cu measured faster at 1 and 8 rows; it is 1.4-2x slower at 32-64 rows.)
 
 __device__ __forceinline__ float Dot8(const uint4& a, const uint4& w) {
   const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&a);
@@ -371,13 +324,24 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GroupedGemvKernel(GroupedGemm
   }
 }
 
+constexpr int kVariantMma = 0, kVariantGemv = 1, kFirstTiled = 2;
+
+bool IsVec(const GroupedGemmParams& p) {
+  return p.k % 8 == 0 && p.lda % 8 == 0 && reinterpret_cast<uintptr_t>(p.a) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(p.w) % 16 == 0;
+}
+bool IsFast(const GroupedGemmParams& p) { return p.dtype == DType::kBF16 && IsVec(p); }
+
 template <GroupedEpilogue kEpi>
-void LaunchGrouped(const GroupedGemmParams& p, bool vec, Stream stream) {
-  if (p.dtype == DType::kBF16 && vec && p.n_rows <= kGemvMaxRows) {
+absl::Status LaunchLegacy(const GroupedGemmParams& p, bool vec, bool gemv, Stream stream) {
+  if (gemv) {
     GroupedGemvKernel<kEpi>
         <<<dim3(CeilDiv(p.n, kGemvWarps), p.n_experts), kGemvWarps * 32, 0, stream>>>(p);
-    return;
+    BMS_CUDA_CHECK_LAUNCH("GroupedGemv");
+    return absl::OkStatus();
   }
+  if (CeilDiv(p.n_rows, kBM) + p.n_experts > 65535)
+    return absl::InvalidArgumentError("GroupedGemm: too many rows for one launch");
   const dim3 grid(CeilDiv(p.n, kBN), CeilDiv(p.n_rows, kBM) + p.n_experts);
   if (p.dtype == DType::kBF16 && vec)
     GroupedGemmMmaKernel<kEpi, true><<<grid, kMmaThreads, 0, stream>>>(p);
@@ -385,35 +349,257 @@ void LaunchGrouped(const GroupedGemmParams& p, bool vec, Stream stream) {
     GroupedGemmMmaKernel<kEpi, false><<<grid, kMmaThreads, 0, stream>>>(p);
   else
     GroupedGemmF32Kernel<kEpi><<<grid, kF32Threads, 0, stream>>>(p);
+  BMS_CUDA_CHECK_LAUNCH("GroupedGemm");
+  return absl::OkStatus();
+}
+
+// p validated and defaulted, n_rows > 0, variant in range.
+absl::Status RunVariant(const GroupedGemmParams& p, int variant, Stream stream) {
+  const bool vec = IsVec(p), fast = p.dtype == DType::kBF16 && vec;
+  if (fast && variant >= kFirstTiled) return LaunchTiledVariant(variant - kFirstTiled, p, stream);
+  const bool gemv = fast && variant == kVariantGemv;
+  switch (p.epilogue) {
+    case GroupedEpilogue::kGatedAct:
+      return LaunchLegacy<GroupedEpilogue::kGatedAct>(p, vec, gemv, stream);
+    case GroupedEpilogue::kAct:
+      return LaunchLegacy<GroupedEpilogue::kAct>(p, vec, gemv, stream);
+    case GroupedEpilogue::kScaleScatter:
+      return LaunchLegacy<GroupedEpilogue::kScaleScatter>(p, vec, gemv, stream);
+  }
+  return absl::InvalidArgumentError("GroupedGemm: bad epilogue");
+}
+
+absl::Status Normalize(GroupedGemmParams* p) {
+  if (p->n_rows < 0 || p->n_experts <= 0 || p->n <= 0 || p->k <= 0 || !p->expert_offsets || !p->a ||
+      !p->w || !p->out)
+    return absl::InvalidArgumentError("GroupedGemm: bad sizes or null pointer");
+  if (p->lda == 0) p->lda = p->k;
+  if (p->ldo == 0) p->ldo = p->n;
+  if (p->variant >= GroupedGemmVariantCount())
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GroupedGemm: variant ", p->variant, " out of range [0, ", GroupedGemmVariantCount(), ")"));
+  return absl::OkStatus();
 }
 
 }  // namespace
 
+int GroupedGemmVariantCount() { return kFirstTiled + TiledVariantCount(); }
+
+const char* GroupedGemmVariantName(int v) {
+  if (v == kVariantMma) return "mma64";
+  if (v == kVariantGemv) return "gemv";
+  if (v >= kFirstTiled && v < GroupedGemmVariantCount()) return TiledVariantName(v - kFirstTiled);
+  return "?";
+}
+
+bool GroupedGemmVariantApplies(const GroupedGemmParams& p, int v) {
+  if (v < 0 || v >= GroupedGemmVariantCount()) return false;
+  return v == kVariantMma || IsFast(p);
+}
+
+namespace {
+int TiledByName(const char* name) {
+  for (int i = 0; i < TiledVariantCount(); ++i)
+    if (std::strcmp(TiledVariantName(i), name) == 0) return kFirstTiled + i;
+  return kVariantMma;
+}
+int SmCount() {
+  static const int count = [] {
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      n = 132;
+    return n;
+  }();
+  return count;
+}
+}  // namespace
+
+// From the H100 measurements in bench/NOTES.md (gemm section), 2.8b shapes: 16-row k-split
+// tiles stream the weights best up to 64 rows (the narrower one when the wider one would leave
+// SMs idle); beyond, 128 x 128 tiles with k 64 per stage, except the plain (fc2-like) product
+// up to 512 rows, where 32-row k-split tiles keep more blocks streaming.
+int GroupedGemmHeuristicVariant(const GroupedGemmParams& p) {
+  if (!IsFast(p)) return kVariantMma;
+  if (p.n_rows <= 64) {
+    const int cols = p.epilogue == GroupedEpilogue::kGatedAct ? 16 : 32;  // t16x32k4's tile
+    const int64_t blocks =
+        static_cast<int64_t>(CeilDiv(p.n, cols)) * std::min(p.n_rows, p.n_experts);
+    return TiledByName(blocks < SmCount() ? "t16x16k4" : "t16x32k4");
+  }
+  if (p.n_rows <= 512 && p.epilogue != GroupedEpilogue::kGatedAct) return TiledByName("t32x64k4");
+  return TiledByName("t128x128b64");
+}
+
 absl::Status GroupedGemm(const GroupedGemmParams& p_in, Stream stream) {
   GroupedGemmParams p = p_in;
-  if (p.n_rows < 0 || p.n_experts <= 0 || p.n <= 0 || p.k <= 0 || !p.expert_offsets || !p.a ||
-      !p.w || !p.out)
-    return absl::InvalidArgumentError("GroupedGemm: bad sizes or null pointer");
+  if (absl::Status s = Normalize(&p); !s.ok()) return s;
   if (p.n_rows == 0) return absl::OkStatus();
-  if (p.lda == 0) p.lda = p.k;
-  if (p.ldo == 0) p.ldo = p.n;
-  if (CeilDiv(p.n_rows, kBM) + p.n_experts > 65535)
-    return absl::InvalidArgumentError("GroupedGemm: too many rows for one launch");
-  const bool vec = p.k % 8 == 0 && p.lda % 8 == 0 && reinterpret_cast<uintptr_t>(p.a) % 16 == 0 &&
-                   reinterpret_cast<uintptr_t>(p.w) % 16 == 0;
-  switch (p.epilogue) {
-    case GroupedEpilogue::kGatedAct:
-      LaunchGrouped<GroupedEpilogue::kGatedAct>(p, vec, stream);
-      break;
-    case GroupedEpilogue::kAct:
-      LaunchGrouped<GroupedEpilogue::kAct>(p, vec, stream);
-      break;
-    case GroupedEpilogue::kScaleScatter:
-      LaunchGrouped<GroupedEpilogue::kScaleScatter>(p, vec, stream);
-      break;
+  int v = p.variant;
+  if (v < 0) v = p.tuner ? p.tuner->Choose(p, stream) : GroupedGemmHeuristicVariant(p);
+  return RunVariant(p, v, stream);
+}
+
+// ---- tuner ----
+struct GroupedGemmTuner::Impl {
+  using Key = std::tuple<int, int, int, int, int, int>;  // n, k, epilogue, experts, fast, rows
+  struct Entry {
+    int variant = 0;
+    std::vector<float> us;  // per variant, < 0: not applicable / failed
+  };
+  bool timing = true;
+  mutable std::mutex mu;
+  std::map<Key, Entry> cache;
+  int32_t* d_offsets = nullptr;
+  int offsets_cap = 0;
+  cudaEvent_t ev[2] = {nullptr, nullptr};
+  static constexpr size_t kScratchBytes = size_t{96} << 20;  // > L2 (50 MB on H100)
+  void* scratch = nullptr;
+
+  ~Impl() {
+    if (d_offsets) cudaFree(d_offsets);
+    if (scratch) cudaFree(scratch);
+    for (cudaEvent_t e : ev)
+      if (e) cudaEventDestroy(e);
   }
-  BMS_CUDA_CHECK_LAUNCH("GroupedGemm");
-  return absl::OkStatus();
+  static int Bucket(int rows) {
+    int b = 1;
+    while (b < rows) b *= 2;
+    return b;
+  }
+  // Times every applicable variant on p with uniform routing; false on any CUDA failure.
+  bool Tune(const GroupedGemmParams& p, Stream stream, Entry* out) {
+    if (cudaStreamSynchronize(stream) != cudaSuccess) return false;
+    if (!ev[0] &&
+        (cudaEventCreate(&ev[0]) != cudaSuccess || cudaEventCreate(&ev[1]) != cudaSuccess))
+      return false;
+    if (offsets_cap < p.n_experts + 1) {
+      if (d_offsets) cudaFree(d_offsets);
+      d_offsets = nullptr;
+      if (cudaMalloc(&d_offsets, (p.n_experts + 1) * sizeof(int32_t)) != cudaSuccess) return false;
+      offsets_cap = p.n_experts + 1;
+    }
+    std::vector<int32_t> offs(p.n_experts + 1);
+    for (int e = 0; e <= p.n_experts; ++e)
+      offs[e] = static_cast<int32_t>(static_cast<int64_t>(p.n_rows) * e / p.n_experts);
+    if (cudaMemcpy(d_offsets, offs.data(), offs.size() * sizeof(int32_t), cudaMemcpyHostToDevice) !=
+        cudaSuccess)
+      return false;
+    if (!scratch && cudaMalloc(&scratch, kScratchBytes) != cudaSuccess) {
+      (void)cudaGetLastError();
+      scratch = nullptr;  // time with a warm L2 instead
+    }
+    GroupedGemmParams q = p;
+    q.expert_offsets = d_offsets;
+    out->us.assign(GroupedGemmVariantCount(), -1.f);
+    float best = 0.f;
+    out->variant = -1;
+    for (int v = 0; v < GroupedGemmVariantCount(); ++v) {
+      if (!GroupedGemmVariantApplies(q, v)) continue;
+      if (v == kVariantGemv && q.n_rows > 64) continue;  // re-reads weights per 8 rows
+      if (!RunVariant(q, v, stream).ok()) {
+        (void)cudaGetLastError();
+        continue;
+      }
+      // Each rep with a cold L2 (the scratch write evicts the weights), as in a model step
+      // where every layer's experts differ; the median of the reps.
+      constexpr int kReps = 3;
+      float rep_ms[kReps];
+      for (int i = 0; i < kReps; ++i) {
+        if (scratch) (void)cudaMemsetAsync(scratch, i, kScratchBytes, stream);
+        (void)cudaEventRecord(ev[0], stream);
+        (void)RunVariant(q, v, stream);
+        (void)cudaEventRecord(ev[1], stream);
+        if (cudaEventSynchronize(ev[1]) != cudaSuccess) return false;
+        (void)cudaEventElapsedTime(&rep_ms[i], ev[0], ev[1]);
+      }
+      std::sort(rep_ms, rep_ms + kReps);
+      out->us[v] = rep_ms[kReps / 2] * 1000.f;
+      if (out->variant < 0 || out->us[v] < best) {
+        best = out->us[v];
+        out->variant = v;
+      }
+    }
+    return out->variant >= 0 && cudaGetLastError() == cudaSuccess;
+  }
+};
+
+GroupedGemmTuner::GroupedGemmTuner(bool timing) : impl_(std::make_unique<Impl>()) {
+  impl_->timing = timing;
+}
+GroupedGemmTuner::~GroupedGemmTuner() = default;
+
+int GroupedGemmTuner::Choose(const GroupedGemmParams& p_in, Stream stream) {
+  GroupedGemmParams p = p_in;
+  if (!Normalize(&p).ok() || p.n_rows == 0 || !IsFast(p)) return GroupedGemmHeuristicVariant(p);
+  const Impl::Key key{p.n,         p.k, static_cast<int>(p.epilogue),
+                      p.n_experts, 1,   Impl::Bucket(p.n_rows)};
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  auto it = impl_->cache.find(key);
+  if (it != impl_->cache.end()) return it->second.variant;
+  Impl::Entry entry;
+  entry.variant = GroupedGemmHeuristicVariant(p);
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  const bool capturing = cudaStreamIsCapturing(stream, &capture) != cudaSuccess ||
+                         capture != cudaStreamCaptureStatusNone;
+  if (impl_->timing && !capturing) {
+    Impl::Entry tuned;
+    if (impl_->Tune(p, stream, &tuned))
+      entry = std::move(tuned);
+    else
+      (void)cudaGetLastError();
+    if (impl_->scratch) {  // not held between tunings
+      (void)cudaStreamSynchronize(stream);
+      cudaFree(impl_->scratch);
+      impl_->scratch = nullptr;
+    }
+  }
+  impl_->cache.emplace(key, entry);
+  return entry.variant;
+}
+
+std::string GroupedGemmTuner::Describe() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  std::string s;
+  for (const auto& [key, e] : impl_->cache) {
+    const auto& [n, k, epi, experts, fast, rows] = key;
+    absl::StrAppend(&s, "n=", n, " k=", k, " epi=", epi, " experts=", experts, " rows<=", rows,
+                    ": ", GroupedGemmVariantName(e.variant));
+    for (size_t v = 0; v < e.us.size(); ++v)
+      if (e.us[v] >= 0)
+        absl::StrAppend(&s, " ", GroupedGemmVariantName(static_cast<int>(v)), "=",
+                        static_cast<int>(e.us[v] + 0.5f), "us");
+    s += "\n";
+  }
+  return s;
+}
+
+absl::StatusOr<std::vector<float>> TimeOnStream(const std::function<absl::Status()>& fn, int reps,
+                                                Stream stream) {
+  cudaEvent_t ev[2];
+  BMS_CUDA_RETURN_IF_ERROR(cudaEventCreate(&ev[0]));
+  if (cudaError_t err = cudaEventCreate(&ev[1]); err != cudaSuccess) {
+    cudaEventDestroy(ev[0]);
+    return CudaErrorStatus(err, "cudaEventCreate", __FILE__, __LINE__);
+  }
+  std::vector<float> us;
+  absl::Status status;
+  for (int i = 0; i < reps && status.ok(); ++i) {
+    (void)cudaEventRecord(ev[0], stream);
+    status = fn();
+    if (!status.ok()) break;
+    (void)cudaEventRecord(ev[1], stream);
+    float ms = 0.f;
+    if (cudaError_t err = cudaEventSynchronize(ev[1]); err != cudaSuccess)
+      status = CudaErrorStatus(err, "cudaEventSynchronize", __FILE__, __LINE__);
+    else
+      (void)cudaEventElapsedTime(&ms, ev[0], ev[1]);
+    us.push_back(ms * 1000.f);
+  }
+  cudaEventDestroy(ev[0]);
+  cudaEventDestroy(ev[1]);
+  if (!status.ok()) return status;
+  return us;
 }
 
 }  // namespace bms::cuda

@@ -9,8 +9,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/ref/ops.h"
 
 struct CUstream_st;
@@ -198,6 +203,10 @@ absl::Status MoeGroup(const MoeGroupParams& p, Stream stream);
 //   kAct:      out[r, j] = act(acc[j] + b[j])
 //   kScaleScatter: out[t, j] = scale[t] * (acc[j] + b[j]) with t = out_rows[r] (un-permute)
 // bf16 uses tensor cores (mma.sync m16n8k16, fp32 accumulate); fp32 uses fp32 FMA.
+// bf16 with k % 8 == 0 and 16-byte aligned a/w/lda has several kernel variants (tile shapes from
+// 16-row weight-streaming tiles for decode to 128 x 128 tiles for prefill); `variant` forces one,
+// otherwise `tuner` picks (timed once per shape class), otherwise a fixed size heuristic.
+class GroupedGemmTuner;
 enum class GroupedEpilogue : uint8_t { kGatedAct, kAct, kScaleScatter };
 struct GroupedGemmParams {
   int n_rows = 0;  // total grouped rows (= expert_offsets[n_experts]; host-side value)
@@ -217,7 +226,47 @@ struct GroupedGemmParams {
   const int32_t* out_rows = nullptr;  // [n_rows] (kScaleScatter) or null
   void* out = nullptr;                // row stride ldo
   int64_t ldo = 0;
+  int variant = -1;                   // kernel variant (see below); -1 = tuner / heuristic
+  GroupedGemmTuner* tuner = nullptr;  // host object; null = heuristic choice
 };
 absl::Status GroupedGemm(const GroupedGemmParams& p, Stream stream);
+
+// Kernel variants of GroupedGemm: 0 = the 64 x 64 MMA kernel (also the path for bf16 operands
+// that are not 16-byte aligned), 1 = one warp per column (decode), 2.. = tiled ldmatrix kernels.
+// fp32 always runs the fp32 kernel (the variant is ignored). Names are for logs and benchmarks.
+int GroupedGemmVariantCount();
+const char* GroupedGemmVariantName(int variant);
+// Whether `variant` runs as itself for p (bf16, aligned); otherwise GroupedGemm falls back.
+bool GroupedGemmVariantApplies(const GroupedGemmParams& p, int variant);
+// The deterministic size heuristic used without a tuner (or while a stream is being captured).
+int GroupedGemmHeuristicVariant(const GroupedGemmParams& p);
+
+// Picks a GroupedGemm variant per shape class (n, k, epilogue, n_experts, dtype, rows rounded up
+// to a power of two) by timing every applicable variant once on the device, on the caller's
+// operands with uniform routing (same row count), and caches the winner. With timing off, or
+// when the stream is being captured into a CUDA graph and the class is new, the heuristic
+// choice is cached instead (so a class never changes its variant afterwards). Owned by one
+// backend; thread-safe.
+class GroupedGemmTuner {
+ public:
+  explicit GroupedGemmTuner(bool timing = true);
+  ~GroupedGemmTuner();
+  GroupedGemmTuner(const GroupedGemmTuner&) = delete;
+  GroupedGemmTuner& operator=(const GroupedGemmTuner&) = delete;
+
+  // The variant for p (tunes on first sight of its class; synchronizes `stream` then).
+  int Choose(const GroupedGemmParams& p, Stream stream);
+  // One line per cached class: "n=.. k=.. epi=.. rows<=..: variant (us per variant ...)".
+  std::string Describe() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Benchmark helper: runs fn (which enqueues work on `stream`) reps times, each call bracketed by
+// CUDA events; returns the GPU time of each call in microseconds.
+absl::StatusOr<std::vector<float>> TimeOnStream(const std::function<absl::Status()>& fn, int reps,
+                                                Stream stream);
 
 }  // namespace bms::cuda

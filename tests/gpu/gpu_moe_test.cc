@@ -3,6 +3,7 @@
 // + un-permute) against the CPU reference, over routing patterns: all tokens on one expert,
 // empty experts, one token, 8192 tokens, ragged counts.
 #include <algorithm>
+#include <cstdio>
 #include <numeric>
 #include <tuple>
 
@@ -117,80 +118,124 @@ TEST_P(MoeTest, GroupedExpertsMatchReference) {
       // <= 8 rows (decode): the bf16 one-warp-per-column kernel, every epilogue.
       {"ragged", 7, 72, 200, true, ref::Activation::kSilu, true},
       {"ragged", 5, 64, 80, false, ref::Activation::kGelu, true},
+      // Odd ffn (scalar stores, fc2 k not a multiple of 8) and long k with partial k stages.
+      {"ragged", 300, 264, 97, true, ref::Activation::kGelu, true},
+      {"uniform", 40, 1472, 392, true, ref::Activation::kGelu, false},
+      {"one_expert", 24, 1472, 392, true, ref::Activation::kSilu, true},
   };
-  for (const auto& [kind, n, d, f, gated, act, with_bias] : cases) {
-    SCOPED_TRACE(testing::Message() << kind << " n=" << n << " d=" << d << " f=" << f
-                                    << " gated=" << gated << " bias=" << with_bias);
-    const int rows1 = gated ? 2 * f : f;
-    const float ws = 1.0f / std::sqrt(static_cast<float>(d));
-    const auto x = In(RandomVector(rng, n * d, -1, 1));
-    const auto fc1 = In(RandomVector(rng, e * rows1 * d, -ws, ws));
-    const auto fc2 = In(RandomVector(rng, e * d * f, -ws, ws));
-    const auto b1 = RandomVector(rng, e * rows1, -0.2, 0.2),
-               b2 = RandomVector(rng, e * d, -0.2, 0.2);
-    const auto scale = RandomVector(rng, n, 0.1, 1.0);
-    const auto expert = Routing(kind, n, e, rng);
-    DevArray dx(x, dt()), dfc1(fc1, dt()), dfc2(fc2, dt()), db1(b1, DType::kF32),
-        db2(b2, DType::kF32), dscale(scale, DType::kF32), dact(n * f, dt()), dout(n * d, dt());
-    DevInts<int32_t> dexpert(expert), doffsets(e + 1), dperm(n);
-    BMS_ASSERT_OK(cuda::MoeGroup({.n_tokens = n,
-                                  .n_experts = e,
-                                  .expert = dexpert.get(),
-                                  .expert_offsets = doffsets.get(),
-                                  .permutation = dperm.get()},
-                                 nullptr));
-    BMS_ASSERT_OK(cuda::GroupedGemm(
-        {.n_rows = n,
-         .n_experts = e,
-         .n = f,
-         .k = d,
-         .dtype = dt(),
-         .epilogue = gated ? cuda::GroupedEpilogue::kGatedAct : cuda::GroupedEpilogue::kAct,
-         .activation = act,
-         .expert_offsets = doffsets.get(),
-         .a = dx.get(),
-         .a_rows = dperm.get(),
-         .w = dfc1.get(),
-         .bias = with_bias ? db1.f32() : nullptr,
-         .out = dact.get()},
-        nullptr));
-    BMS_ASSERT_OK(cuda::GroupedGemm({.n_rows = n,
-                                     .n_experts = e,
-                                     .n = d,
-                                     .k = f,
-                                     .dtype = dt(),
-                                     .epilogue = cuda::GroupedEpilogue::kScaleScatter,
-                                     .expert_offsets = doffsets.get(),
-                                     .a = dact.get(),
-                                     .w = dfc2.get(),
-                                     .bias = with_bias ? db2.f32() : nullptr,
-                                     .scale = dscale.f32(),
-                                     .out_rows = dperm.get(),
-                                     .out = dout.get()},
-                                    nullptr));
-    std::vector<int32_t> offsets(e + 1), perm(n);
-    BMS_ASSERT_OK(ref::MoeGroup({.n_tokens = n,
-                                 .n_experts = e,
-                                 .expert = expert.data(),
-                                 .expert_offsets = offsets.data(),
-                                 .permutation = perm.data()}));
-    std::vector<float> want(n * d);
-    BMS_ASSERT_OK(
-        ref::MoeExperts({.n_tokens = n,
-                         .n_experts = e,
-                         .shape = {.d_model = d, .ffn = f, .gated = gated, .activation = act},
-                         .x = x.data(),
-                         .expert_offsets = offsets.data(),
-                         .permutation = perm.data(),
-                         .scale = scale.data(),
-                         .fc1 = fc1.data(),
-                         .fc1_bias = with_bias ? b1.data() : nullptr,
-                         .fc2 = fc2.data(),
-                         .fc2_bias = with_bias ? b2.data() : nullptr,
-                         .out = want.data()}));
-    EXPECT_EQ(doffsets.Get(e + 1), offsets);
-    EXPECT_LT(NormalizedError(dout.Get(), want), Tolerance(dt()));
+  // bf16: every kernel variant, the heuristic (-1) and the timing tuner (kTuned); fp32 has one.
+  constexpr int kTuned = -2;
+  std::vector<int> variants = {-1};
+  if (dt() == DType::kBF16) {
+    for (int v = 0; v < cuda::GroupedGemmVariantCount(); ++v) variants.push_back(v);
+    variants.push_back(kTuned);
   }
+  cuda::GroupedGemmTuner tuner(/*timing=*/true);
+  for (const auto& [kind, n, d, f, gated, act, with_bias] : cases) {
+    for (const int variant : variants) {
+      SCOPED_TRACE(testing::Message() << kind << " n=" << n << " d=" << d << " f=" << f
+                                      << " gated=" << gated << " bias=" << with_bias << " variant="
+                                      << (variant >= 0 ? cuda::GroupedGemmVariantName(variant)
+                                          : variant == kTuned ? "tuned"
+                                                              : "heuristic"));
+      const int rows1 = gated ? 2 * f : f;
+      const float ws = 1.0f / std::sqrt(static_cast<float>(d));
+      const auto x = In(RandomVector(rng, n * d, -1, 1));
+      const auto fc1 = In(RandomVector(rng, e * rows1 * d, -ws, ws));
+      const auto fc2 = In(RandomVector(rng, e * d * f, -ws, ws));
+      const auto b1 = RandomVector(rng, e * rows1, -0.2, 0.2),
+                 b2 = RandomVector(rng, e * d, -0.2, 0.2);
+      const auto scale = RandomVector(rng, n, 0.1, 1.0);
+      const auto expert = Routing(kind, n, e, rng);
+      DevArray dx(x, dt()), dfc1(fc1, dt()), dfc2(fc2, dt()), db1(b1, DType::kF32),
+          db2(b2, DType::kF32), dscale(scale, DType::kF32), dact(n * f, dt()), dout(n * d, dt());
+      DevInts<int32_t> dexpert(expert), doffsets(e + 1), dperm(n);
+      BMS_ASSERT_OK(cuda::MoeGroup({.n_tokens = n,
+                                    .n_experts = e,
+                                    .expert = dexpert.get(),
+                                    .expert_offsets = doffsets.get(),
+                                    .permutation = dperm.get()},
+                                   nullptr));
+      BMS_ASSERT_OK(cuda::GroupedGemm(
+          {.n_rows = n,
+           .n_experts = e,
+           .n = f,
+           .k = d,
+           .dtype = dt(),
+           .epilogue = gated ? cuda::GroupedEpilogue::kGatedAct : cuda::GroupedEpilogue::kAct,
+           .activation = act,
+           .expert_offsets = doffsets.get(),
+           .a = dx.get(),
+           .a_rows = dperm.get(),
+           .w = dfc1.get(),
+           .bias = with_bias ? db1.f32() : nullptr,
+           .out = dact.get(),
+           .variant = std::max(variant, -1),
+           .tuner = variant == kTuned ? &tuner : nullptr},
+          nullptr));
+      BMS_ASSERT_OK(cuda::GroupedGemm({.n_rows = n,
+                                       .n_experts = e,
+                                       .n = d,
+                                       .k = f,
+                                       .dtype = dt(),
+                                       .epilogue = cuda::GroupedEpilogue::kScaleScatter,
+                                       .expert_offsets = doffsets.get(),
+                                       .a = dact.get(),
+                                       .w = dfc2.get(),
+                                       .bias = with_bias ? db2.f32() : nullptr,
+                                       .scale = dscale.f32(),
+                                       .out_rows = dperm.get(),
+                                       .out = dout.get(),
+                                       .variant = std::max(variant, -1),
+                                       .tuner = variant == kTuned ? &tuner : nullptr},
+                                      nullptr));
+      std::vector<int32_t> offsets(e + 1), perm(n);
+      BMS_ASSERT_OK(ref::MoeGroup({.n_tokens = n,
+                                   .n_experts = e,
+                                   .expert = expert.data(),
+                                   .expert_offsets = offsets.data(),
+                                   .permutation = perm.data()}));
+      std::vector<float> want(n * d);
+      BMS_ASSERT_OK(
+          ref::MoeExperts({.n_tokens = n,
+                           .n_experts = e,
+                           .shape = {.d_model = d, .ffn = f, .gated = gated, .activation = act},
+                           .x = x.data(),
+                           .expert_offsets = offsets.data(),
+                           .permutation = perm.data(),
+                           .scale = scale.data(),
+                           .fc1 = fc1.data(),
+                           .fc1_bias = with_bias ? b1.data() : nullptr,
+                           .fc2 = fc2.data(),
+                           .fc2_bias = with_bias ? b2.data() : nullptr,
+                           .out = want.data()}));
+      EXPECT_EQ(doffsets.Get(e + 1), offsets);
+      EXPECT_LT(NormalizedError(dout.Get(), want), Tolerance(dt()));
+    }
+  }
+  if (dt() == DType::kBF16) {
+    const std::string described = tuner.Describe();
+    EXPECT_NE(described.find("rows<="), std::string::npos) << described;
+    std::printf("[ tuner ]\n%s", described.c_str());
+  }
+}
+
+TEST_P(MoeTest, GroupedGemmRejectsBadVariant) {
+  DevArray x(64, dt()), w(64, dt()), out(64, dt());
+  DevInts<int32_t> offsets(std::vector<int32_t>{0, 1});
+  const absl::Status s = cuda::GroupedGemm({.n_rows = 1,
+                                            .n_experts = 1,
+                                            .n = 8,
+                                            .k = 8,
+                                            .dtype = dt(),
+                                            .expert_offsets = offsets.get(),
+                                            .a = x.get(),
+                                            .w = w.get(),
+                                            .out = out.get(),
+                                            .variant = cuda::GroupedGemmVariantCount()},
+                                           nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("variant"), std::string::npos) << s;
 }
 
 INSTANTIATE_TEST_SUITE_P(DTypes, MoeTest, ::testing::Values(DType::kF32, DType::kBF16),
