@@ -103,14 +103,15 @@ absl::StatusOr<double> MeasureGemmFlops() {
 
 // Bytes a decode step of `batch` tokens must read (bf16 weights): every non-expert weight, the
 // experts a random routing touches (E * (1 - (1 - 1/E)^B) per MoE layer), state read + write,
-// and the logits written.
-double DecodeBytes(const ModelConfig& c, double batch, size_t state_bytes_per_slot) {
+// and `logits_rows` fp32 logits rows written (decode: one per sequence).
+double DecodeBytes(const ModelConfig& c, double batch, size_t state_bytes_per_slot,
+                   double logits_rows) {
   const double d = c.d_model, di = c.d_inner(), n = c.d_state, r = c.dt_rank(), E = c.n_experts;
   const double mamba =
       2 * (2 * di * d + (r + 2 * n) * di + di * r + d * di) + 4 * (di * c.d_conv + 3 * di + di * n);
   const double expert = 2.0 * (double{1} * c.fc1_rows() * d + d * c.ffn_hidden_size);
   const double touched = E * (1 - std::pow(1 - 1 / E, batch));
-  double bytes = 2.0 * c.vocab_size * d + 4.0 * batch * c.vocab_size;
+  double bytes = 2.0 * c.vocab_size * d + 4.0 * logits_rows * c.vocab_size;
   for (LayerKind k : c.layers) {
     if (k == LayerKind::kMamba) bytes += mamba;
     if (k == LayerKind::kMoe) bytes += 4 * E * d + touched * expert;
@@ -125,7 +126,7 @@ double DecodeBytes(const ModelConfig& c, double batch, size_t state_bytes_per_sl
 double PrefillFloorMs(const ModelConfig& c, int tokens, double bw, double flops) {
   const double head = double{1} * c.vocab_size * c.d_model;
   const double f = 2.0 * tokens * (static_cast<double>(c.ActiveParams()) - head) + 2.0 * head;
-  return std::max(f / flops, DecodeBytes(c, tokens, 0) / bw) * 1e3;
+  return std::max(f / flops, DecodeBytes(c, tokens, 0, 1) / bw) * 1e3;
 }
 
 // The decode step the benchmark times. The device-sampling work switches the default to
@@ -284,7 +285,7 @@ absl::Status PresetBench::RunBackend(bool graphs, StateDType state, const std::v
          .ms = med,
          .tokens_per_s = batch / (med * 1e-3),
          .host_us = Median(host),
-         .floor_ms = DecodeBytes(c_, batch, b.state_bytes_per_slot()) / bw * 1e3});
+         .floor_ms = DecodeBytes(c_, batch, b.state_bytes_per_slot(), batch) / bw * 1e3});
     std::fprintf(log_, "%s decode %s %s batch %d: %.3f ms/step\n", preset_.c_str(), mode,
                  state_name, batch, med);
   }
