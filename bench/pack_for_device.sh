@@ -22,6 +22,8 @@ cp "$BUILD/bench/engine/bms_bench" "$CARRY/stage/bin/"
 strip -s "$CARRY"/stage/bin/*
 ldd "$CARRY"/stage/bin/* | awk '/=>/ {print $3}' | sort -u \
   | grep -E 'absl|openblas|gfortran|quadmath|icu' | xargs -r -I{} cp -L {} "$CARRY/stage/lib/"
-tar -cJf "$CARRY/bundle.tar.xz" -C "$CARRY/stage" bin lib
+{ echo "commit $(git rev-parse --short HEAD) ($(git status --short --untracked-files=no | wc -l) \
+tracked files modified in the tree at pack time), packed $(date -u +%FT%TZ)"; } > "$CARRY/stage/BUILD_INFO"
+tar -cJf "$CARRY/bundle.tar.xz" -C "$CARRY/stage" bin lib BUILD_INFO
 rm -rf "$CARRY/stage"
 ls -la "$CARRY"

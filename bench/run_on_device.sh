@@ -23,7 +23,7 @@ tar -xJf "$ROOT/$CARRY/bundle.tar.xz" -C /tmp/bms || exit 1
 export LD_LIBRARY_PATH="/tmp/bms/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader \
   | tee "$OUT/summary.txt"
-echo "commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" >> "$OUT/summary.txt"
+cat /tmp/bms/BUILD_INFO >> "$OUT/summary.txt" 2>/dev/null
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$OUT/summary.txt"; }
 if [ "${BMS_TESTS:-1}" = 1 ]; then
