@@ -49,6 +49,9 @@ struct BackendOptions {
   // CUDA backend: steps made only of 1-token decodes (kLast logits) replay a CUDA graph captured
   // for the smallest batch bucket >= the batch (engine/cuda_graph.cc); false = always eager.
   bool cuda_graphs = true;
+  // CUDA backend: ForwardSampled samples on the device (kernels/cuda/sampling.cu; only ids and
+  // requested logprobs are copied back); false = Forward + the host sampler.
+  bool device_sampling = true;
 };
 
 class Backend {

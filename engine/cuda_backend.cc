@@ -88,11 +88,13 @@ CudaBackendImpl::CudaBackendImpl(const ModelConfig& config, const BackendOptions
       state_dtype_(options.state_dtype),
       dtype_(options.fp32_compute ? cuda::DType::kF32 : cuda::DType::kBF16),
       memory_fraction_(options.gpu_memory_fraction),
-      use_graphs_(options.cuda_graphs) {}
+      use_graphs_(options.cuda_graphs),
+      device_sampling_(options.device_sampling) {}
 
 CudaBackendImpl::~CudaBackendImpl() {
   if (stream_) (void)cuda::SynchronizeStream(stream_);
   graphs_.reset();
+  FreeSampling();
   cuda::FreeHost(meta_host_);
   cuda::DestroyStream(stream_);
 }

@@ -8,15 +8,18 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/cuda_backend.h"
+#include "engine/cuda_sampling.h"
 #include "kernels/cuda/device_memory.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/sampling.h"
 
 namespace bms {
 
@@ -33,6 +36,11 @@ class CudaBackendImpl : public CudaBackend {
   int num_slots() const override { return num_slots_; }
   size_t state_bytes_per_slot() const override;
   absl::Status Forward(const StepInput& input, std::vector<float>* logits) override;
+  // Device sampling (engine/cuda_sampling.cc): the sampling kernel runs right after the head
+  // GEMM (inside the decode graph for all-decode steps); only ids and logprobs are copied back.
+  bool SamplesOnDevice() const override { return device_sampling_; }
+  absl::Status ForwardSampled(const StepInput& input, std::span<const SampleContext> rows,
+                              std::vector<SampledToken>* out) override;
   absl::Status CopyState(int src_slot, int dst_slot) override;
   absl::StatusOr<std::vector<float>> ReadState(int slot) override;
   absl::StatusOr<std::vector<int64_t>> ReadRoutingCounts() override;
@@ -119,6 +127,22 @@ class CudaBackendImpl : public CudaBackend {
   // CUDA graphs for all-decode steps (engine/cuda_graph.cc). Returns false when the step is not
   // eligible or graphs are unavailable (then Forward runs eagerly).
   absl::StatusOr<bool> ForwardDecodeGraph(const StepInput& input, std::vector<float>* logits);
+  // The replay part of ForwardDecodeGraph without the copy back or sync. With sample_rows (one
+  // context per chunk), packs them (PackSampling, padded to the bucket) and replays the graph
+  // that also runs the sampling kernel.
+  absl::StatusOr<bool> LaunchDecodeGraph(const StepInput& input,
+                                         const std::span<const SampleContext>* sample_rows);
+  // Validates nothing; packs the step's metadata (one H2D copy) and enqueues EnqueueStep.
+  // *n_logits_rows = the number of logits rows the step writes to ws_.logits.
+  absl::Status EnqueueEager(const StepInput& input, int* n_logits_rows);
+  // Device sampling (engine/cuda_sampling.cc). PackSampling writes the per-row params of `rows`
+  // (rows [rows.size(), padded_rows) inactive) and the sparse entries to the pinned block and
+  // enqueues its one H2D copy; growing the entry capacity drops the sampled decode graphs.
+  absl::Status PackSampling(std::span<const SampleContext> rows, int padded_rows);
+  absl::Status EnqueueSampling(int n_rows);
+  // Copies back ids (and logprobs when a row asked), syncs, and fills *out for rows.size() rows.
+  absl::Status FinishSampling(std::span<const SampleContext> rows, std::vector<SampledToken>* out);
+  void FreeSampling();
   absl::Status MambaForward(const MambaLayer& l, int T, int S);
   // routed: AddRmsNormRoute already wrote ws_.expert/scale/offsets/permutation for this layer.
   absl::Status MlpForward(const MlpLayer& l, int T, bool routed);
@@ -167,6 +191,8 @@ class CudaBackendImpl : public CudaBackend {
     void operator()(DecodeGraphs* g) const;
   };
   bool use_graphs_ = true;
+  // BackendOptions::device_sampling
+  bool device_sampling_ = true;
   std::chrono::steady_clock::time_point step_start_;  // entry of the current Forward
   double last_step_host_us_ = 0;
   void MarkEnqueued() {
@@ -175,6 +201,25 @@ class CudaBackendImpl : public CudaBackend {
             .count();
   }
   std::unique_ptr<DecodeGraphs, DecodeGraphsDeleter> graphs_;
+
+  // Device sampling buffers (engine/cuda_sampling.cc). Input block, pinned and mirrored on the
+  // device: cuda::SampleRowParams [num_slots + 1] then cuda::SampleEntry [entry_capacity].
+  // Output block: int32 tokens [num_slots + 1] then cuda::SampleRowLogprobs [num_slots + 1].
+  struct SamplingBuffers {
+    int max_rows = 0;
+    size_t entry_capacity = 0;
+    void* in_host = nullptr;
+    cuda::DeviceBuffer in_dev;
+    void* out_host = nullptr;
+    cuda::DeviceBuffer out_dev;
+    size_t in_bytes = 0;        // bytes of the current step's input block
+    bool any_logprobs = false;  // some row of the current step asked for logprobs
+    PackedSampling packed;      // scratch (engine/cuda_sampling.h)
+    size_t out_block_bytes() const {
+      return max_rows * (sizeof(int32_t) + sizeof(cuda::SampleRowLogprobs));
+    }
+  };
+  SamplingBuffers sampling_;
 };
 
 }  // namespace bms

@@ -138,7 +138,20 @@ absl::Status CudaBackendImpl::Forward(const StepInput& input, std::vector<float>
   auto graphed = ForwardDecodeGraph(input, logits);
   if (!graphed.ok()) return graphed.status();
   if (*graphed) return absl::OkStatus();
-  const ModelConfig& c = config_;
+  int R = 0;
+  BMS_RETURN_IF_ERROR(EnqueueEager(input, &R));
+  MarkEnqueued();  // before the logits copy: a copy into pageable memory waits for the GPU
+  if (R > 0) {
+    logits->resize(static_cast<size_t>(R) * config_.vocab_size);  // [R, vocab_size]
+    BMS_RETURN_IF_ERROR(
+        cuda::CopyToHostAsync(logits->data(), ws_.logits, logits->size() * 4, stream_));
+  }
+  // The one sync of the step: logits are on the host, state writes are done, and any
+  // asynchronous kernel error surfaces here.
+  return cuda::SynchronizeStream(stream_);
+}
+
+absl::Status CudaBackendImpl::EnqueueEager(const StepInput& input, int* n_logits_rows) {
   const int S = static_cast<int>(input.seqs.size());
 
   // Pack: tokens in chunk order; logits rows in chunk order.
@@ -158,6 +171,7 @@ absl::Status CudaBackendImpl::Forward(const StepInput& input, std::vector<float>
   }
   const int T = static_cast<int>(tokens.size());
   const int R = static_cast<int>(rows.size());
+  *n_logits_rows = T == 0 ? 0 : R;
   if (T == 0) return absl::OkStatus();
   BMS_RETURN_IF_ERROR(EnsureWorkspace(T, R));
 
@@ -182,16 +196,7 @@ absl::Status CudaBackendImpl::Forward(const StepInput& input, std::vector<float>
   d_n_counted_ = nullptr;
   BMS_RETURN_IF_ERROR(
       cuda::CopyToDeviceAsync(meta_dev_.get(), meta_host_, n_i32 * 4 + has_state.size(), stream_));
-  BMS_RETURN_IF_ERROR(EnqueueStep(T, S, R));
-  MarkEnqueued();  // before the logits copy: a copy into pageable memory waits for the GPU
-  if (R > 0) {
-    logits->resize(static_cast<size_t>(R) * c.vocab_size);  // [R, vocab_size]
-    BMS_RETURN_IF_ERROR(
-        cuda::CopyToHostAsync(logits->data(), ws_.logits, logits->size() * 4, stream_));
-  }
-  // The one sync of the step: logits are on the host, state writes are done, and any
-  // asynchronous kernel error surfaces here.
-  return cuda::SynchronizeStream(stream_);
+  return EnqueueStep(T, S, R);
 }
 
 absl::Status CudaBackendImpl::EnqueueStep(int T, int S, int R) {

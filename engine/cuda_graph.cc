@@ -16,6 +16,11 @@
 // padding row (no side effects; loads modules and cuBLASLt plans), then captures. Memory is
 // bounded by the bucket count (~2 log2(num_slots) graphs). If capture fails, graphs are turned
 // off for this backend (a warning on stderr) and steps run eagerly.
+//
+// ForwardSampled steps replay a second set of graphs (one per bucket) that also run the sampling
+// kernel after the head GEMM (issue #8: the graph covers embedding .. sampling); they read the
+// per-row sampling params from the fixed sampling block (engine/cuda_sampling.cc), padded rows
+// marked inactive, and are dropped when that block grows.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -34,8 +39,10 @@ struct CudaBackendImpl::DecodeGraphs {
   void* host = nullptr;  // pinned, layout below
   cuda::DeviceBuffer dev;
   size_t bytes = 0;
-  const void* workspace = nullptr;  // ws_.buffer the graphs were captured against
+  const void* workspace = nullptr;       // ws_.buffer the graphs were captured against
+  const void* sampling_block = nullptr;  // sampling_.in_dev the sampled graphs read
   std::map<int, cudaGraphExec_t> execs;
+  std::map<int, cudaGraphExec_t> sampled_execs;  // the same step + the sampling kernel
   int64_t replays = 0;
 
   // int32 [tokens Bmax | cu Bmax+1 | slots Bmax | rows Bmax | dense 2 | n_counted 1], then
@@ -49,9 +56,14 @@ struct CudaBackendImpl::DecodeGraphs {
   int32_t* h32() const { return static_cast<int32_t*>(host); }
   uint8_t* h_has_state() const { return reinterpret_cast<uint8_t*>(h32() + n_i32()); }
 
+  void DropSampledExecs() {
+    for (auto& [b, e] : sampled_execs) cudaGraphExecDestroy(e);
+    sampled_execs.clear();
+  }
   void DropExecs() {
     for (auto& [b, e] : execs) cudaGraphExecDestroy(e);
     execs.clear();
+    DropSampledExecs();
   }
   ~DecodeGraphs() {
     DropExecs();
@@ -62,7 +74,7 @@ struct CudaBackendImpl::DecodeGraphs {
 void CudaBackendImpl::DecodeGraphsDeleter::operator()(DecodeGraphs* g) const { delete g; }
 
 int CudaBackendImpl::graphs_captured() const {
-  return graphs_ ? static_cast<int>(graphs_->execs.size()) : 0;
+  return graphs_ ? static_cast<int>(graphs_->execs.size() + graphs_->sampled_execs.size()) : 0;
 }
 int64_t CudaBackendImpl::graph_replays() const { return graphs_ ? graphs_->replays : 0; }
 
@@ -80,6 +92,20 @@ int BucketFor(int n, int max_batch) {
 
 absl::StatusOr<bool> CudaBackendImpl::ForwardDecodeGraph(const StepInput& input,
                                                          std::vector<float>* logits) {
+  auto launched = LaunchDecodeGraph(input, nullptr);
+  if (!launched.ok() || !*launched) return launched;
+  MarkEnqueued();  // before the logits copy: a copy into pageable memory waits for the GPU
+  const int n = static_cast<int>(input.seqs.size());
+  logits->resize(static_cast<size_t>(n) * config_.vocab_size);  // [n, vocab_size]
+  auto st = cuda::CopyToHostAsync(logits->data(), ws_.logits, logits->size() * 4, stream_);
+  if (!st.ok()) return st;
+  st = cuda::SynchronizeStream(stream_);
+  if (!st.ok()) return st;
+  return true;
+}
+
+absl::StatusOr<bool> CudaBackendImpl::LaunchDecodeGraph(
+    const StepInput& input, const std::span<const SampleContext>* sample_rows) {
   if (!use_graphs_) return false;
   const int n = static_cast<int>(input.seqs.size());
   if (n == 0 || n > num_slots_) return false;
@@ -110,6 +136,21 @@ absl::StatusOr<bool> CudaBackendImpl::ForwardDecodeGraph(const StepInput& input,
     g.workspace = ws_.buffer.get();
   }
   const int B = BucketFor(n, g.max_batch);
+  const bool sampled = sample_rows != nullptr;
+  if (sampled) {
+    auto st = PackSampling(*sample_rows, B);
+    if (!st.ok()) return st;
+    if (g.sampling_block != sampling_.in_dev.get()) {
+      g.DropSampledExecs();
+      g.sampling_block = sampling_.in_dev.get();
+    }
+  }
+  std::map<int, cudaGraphExec_t>& execs = sampled ? g.sampled_execs : g.execs;
+  auto enqueue = [&]() {
+    absl::Status st = EnqueueStep(B, B, B);
+    if (st.ok() && sampled) st = EnqueueSampling(B);
+    return st;
+  };
 
   // Point the step metadata at the graph block (fixed addresses for every bucket).
   const int32_t* d32 = g.dev.as<int32_t>();
@@ -135,11 +176,11 @@ absl::StatusOr<bool> CudaBackendImpl::ForwardDecodeGraph(const StepInput& input,
     return cuda::CopyToDeviceAsync(g.dev.get(), g.host, g.bytes, stream_);
   };
 
-  auto it = g.execs.find(B);
-  if (it == g.execs.end()) {
+  auto it = execs.find(B);
+  if (it == execs.end()) {
     // Warm-up: all rows padding (no state or counter writes), then capture.
     auto st = fill(/*real=*/false);
-    if (st.ok()) st = EnqueueStep(B, B, B);
+    if (st.ok()) st = enqueue();
     if (st.ok()) st = cuda::SynchronizeStream(stream_);
     if (!st.ok()) return st;
     cudaGraph_t graph = nullptr;
@@ -147,7 +188,7 @@ absl::StatusOr<bool> CudaBackendImpl::ForwardDecodeGraph(const StepInput& input,
     cudaError_t err = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal);
     absl::Status enq = absl::OkStatus();
     if (err == cudaSuccess) {
-      enq = EnqueueStep(B, B, B);
+      enq = enqueue();
       err = cudaStreamEndCapture(stream_, &graph);
     }
     if (err == cudaSuccess && enq.ok()) err = cudaGraphInstantiate(&exec, graph, 0);
@@ -163,18 +204,12 @@ absl::StatusOr<bool> CudaBackendImpl::ForwardDecodeGraph(const StepInput& input,
       g.DropExecs();
       return false;
     }
-    it = g.execs.emplace(B, exec).first;
+    it = execs.emplace(B, exec).first;
   }
   auto st = fill(/*real=*/true);
   if (!st.ok()) return st;
   BMS_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, stream_));
   ++g.replays;
-  MarkEnqueued();  // before the logits copy: a copy into pageable memory waits for the GPU
-  logits->resize(static_cast<size_t>(n) * config_.vocab_size);  // [n, vocab_size]
-  st = cuda::CopyToHostAsync(logits->data(), ws_.logits, logits->size() * 4, stream_);
-  if (!st.ok()) return st;
-  st = cuda::SynchronizeStream(stream_);
-  if (!st.ok()) return st;
   return true;
 }
 

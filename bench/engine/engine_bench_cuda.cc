@@ -129,13 +129,20 @@ double PrefillFloorMs(const ModelConfig& c, int tokens, double bw, double flops)
   return std::max(f / flops, DecodeBytes(c, tokens, 0, 1) / bw) * 1e3;
 }
 
-// The decode step the benchmark times. The device-sampling work switches the default to
-// ForwardSampled with greedy rows (what a server step does); --host_sampling keeps Forward plus
-// the logits copy.
+// The decode step the benchmark times: ForwardSampled with greedy rows (what a server step does:
+// sampling on the device, only ids copied back); --host_sampling keeps Forward plus the logits
+// copy (the old path).
 absl::Status DecodeStep(Backend& b, const StepInput& in, bool host_sampling,
                         std::vector<float>* logits) {
-  (void)host_sampling;
-  return b.Forward(in, logits);
+  if (host_sampling) return b.Forward(in, logits);
+  static const SamplingParams kGreedy = [] {
+    SamplingParams p;
+    p.temperature = 0;
+    return p;
+  }();
+  std::vector<SampleContext> rows(in.seqs.size(), SampleContext{.params = &kGreedy});
+  std::vector<SampledToken> sampled;
+  return b.ForwardSampled(in, rows, &sampled);
 }
 
 // Greedy argmax of one logits row (first index on ties).
@@ -203,6 +210,7 @@ absl::Status PresetBench::RunBackend(bool graphs, StateDType state, const std::v
       std::max(1, batches.empty() ? 1 : *std::max_element(batches.begin(), batches.end()));
   bo.state_dtype = state;
   bo.cuda_graphs = graphs;
+  bo.device_sampling = !o_.host_sampling;
   auto backend = CreateCudaBackend(w_, bo);
   if (!backend.ok()) return backend.status();
   Backend& b = **backend;
