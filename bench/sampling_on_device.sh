@@ -2,7 +2,9 @@
 # Device run for device-side sampling (kernels/cuda/sampling.cu): the GPU tests that cover it
 # (gpu_sampling_test, gpu_graph_test, gpu_model_test), compute-sanitizer memcheck + racecheck on
 # the sampling kernel test, and bms_bench decode rows (2.8b preset) with ForwardSampled (device
-# sampling) and with --host_sampling (Forward + logits copy), printing a short table last.
+# sampling) and with --host_sampling (Forward + logits copy), and the sampling kernel
+# micro-benchmark (bms_kernel_bench_sampling, when packed), printing a short table last.
+# SAN=0 skips the sanitizers, HOST_BENCH=0 the host-sampling bench.
 # Pack here first (BMS_BUILD=build-cuda-samp BMS_CARRY=build-dev-samp
 #   BMS_PACK_TESTS="gpu_sampling_test gpu_graph_test gpu_model_test" bash bench/pack_for_device.sh)
 # then run(command="bash bench/sampling_on_device.sh", carry=["build-dev-samp"]).
@@ -23,19 +25,24 @@ for t in gpu_sampling_test gpu_graph_test gpu_model_test; do
 done
 wait
 stamp "tests done"
-for tool in memcheck racecheck; do
+for tool in $([ "${SAN:-1}" = 1 ] && echo memcheck racecheck); do
   timeout ${SAN_TIMEOUT:-25} compute-sanitizer --tool $tool --error-exitcode 9 \
     "$B/gpu_sampling_test" --gtest_filter='*Reproducible*' > "$OUT/$tool.log" 2>&1
   echo "=== $tool exit $?" >> "$OUT/$tool.log"
 done
 stamp "sanitizers done"
+if [ -x "$B/bms_kernel_bench_sampling" ]; then
+  timeout 30 "$B/bms_kernel_bench_sampling" > "$OUT/kernel_bench.log" 2>&1
+  echo "=== kernel bench exit $?" >> "$OUT/kernel_bench.log"
+  stamp "kernel bench done"
+fi
 ARGS="--presets=blackmamba-2.8b --batches=1,64,256,1024 --prompts= --ttft_prompts= \
   --bf16_state_batches=1024 --steps=10 --capacity=false"
 timeout ${BENCH_TIMEOUT:-45} "$B/bms_bench" $ARGS > "$OUT/bench.log" 2>&1
 echo "=== bench exit $?" >> "$OUT/bench.log"
 stamp "bench (device sampling) done"
 if [ "${HOST_BENCH:-1}" = 1 ]; then
-  timeout ${BENCH_TIMEOUT:-45} "$B/bms_bench" $ARGS --host_sampling > "$OUT/bench_host.log" 2>&1
+  timeout ${HOST_BENCH_TIMEOUT:-60} "$B/bms_bench" $ARGS --host_sampling > "$OUT/bench_host.log" 2>&1
   echo "=== bench exit $?" >> "$OUT/bench_host.log"
   stamp "bench (host sampling) done"
 fi
@@ -43,6 +50,7 @@ cat "$OUT/summary.txt"
 for f in "$OUT"/gpu_*_test.log; do
   grep -E "^\[  (FAILED|PASSED|SKIPPED) |^\[ draws \]|^=== |Failure|Expected|Which is|actual" "$f" | head -20
 done
-grep -E "ERROR SUMMARY|^=== " "$OUT/memcheck.log" "$OUT/racecheck.log" | head
+grep -E "ERROR SUMMARY|^=== " "$OUT/memcheck.log" "$OUT/racecheck.log" 2>/dev/null | head
+cat "$OUT/kernel_bench.log" 2>/dev/null
 echo "--- device sampling"; grep -E "^kind|^decode|=== " "$OUT/bench.log"
 echo "--- host sampling"; grep -E "^kind|^decode|=== " "$OUT/bench_host.log" 2>/dev/null
