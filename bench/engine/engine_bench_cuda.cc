@@ -129,25 +129,36 @@ double PrefillFloorMs(const ModelConfig& c, int tokens, double bw, double flops)
   return std::max(f / flops, DecodeBytes(c, tokens, 0, 1) / bw) * 1e3;
 }
 
-// The decode step the benchmark times: ForwardSampled with greedy rows (what a server step does:
-// sampling on the device, only ids copied back); --host_sampling keeps Forward plus the logits
-// copy (the old path).
-absl::Status DecodeStep(Backend& b, const StepInput& in, bool host_sampling,
-                        std::vector<float>* logits) {
-  if (host_sampling) return b.Forward(in, logits);
+// Greedy argmax of one logits row (first index on ties).
+int32_t ArgMax(const float* row, int n) {
+  return static_cast<int32_t>(std::max_element(row, row + n) - row);
+}
+
+// One step as a server runs it, with a greedy token per kLast chunk in *tokens: ForwardSampled
+// (sampling on the device, only ids copied back), or with --host_sampling the old path: Forward,
+// the logits copy, and the argmax on the host.
+absl::Status StepAndSample(Backend& b, const StepInput& in, bool host_sampling,
+                           std::vector<float>* logits, std::vector<int32_t>* tokens) {
+  tokens->clear();
+  if (host_sampling) {
+    if (auto s = b.Forward(in, logits); !s.ok()) return s;
+    const int vocab = b.config().vocab_size;
+    for (size_t r = 0; r * vocab < logits->size(); ++r)
+      tokens->push_back(ArgMax(logits->data() + r * vocab, vocab));
+    return absl::OkStatus();
+  }
   static const SamplingParams kGreedy = [] {
     SamplingParams p;
     p.temperature = 0;
     return p;
   }();
-  std::vector<SampleContext> rows(in.seqs.size(), SampleContext{.params = &kGreedy});
+  size_t n_rows = 0;
+  for (const SeqChunk& c : in.seqs) n_rows += c.logits == LogitsMode::kLast ? 1 : 0;
+  std::vector<SampleContext> rows(n_rows, SampleContext{.params = &kGreedy});
   std::vector<SampledToken> sampled;
-  return b.ForwardSampled(in, rows, &sampled);
-}
-
-// Greedy argmax of one logits row (first index on ties).
-int32_t ArgMax(const float* row, int n) {
-  return static_cast<int32_t>(std::max_element(row, row + n) - row);
+  if (auto s = b.ForwardSampled(in, rows, &sampled); !s.ok()) return s;
+  for (const SampledToken& t : sampled) tokens->push_back(t.token);
+  return absl::OkStatus();
 }
 
 class PresetBench {
@@ -165,8 +176,9 @@ class PresetBench {
   int Chunk() const {
     return o_.prefill_chunk > 0 ? o_.prefill_chunk : EngineOptions().max_num_batched_tokens;
   }
-  // Prefills `len` random tokens into `slot` in chunks; kLast logits from the last chunk only.
-  absl::Status Prefill(Backend& b, int slot, int len, std::vector<float>* logits);
+  // Prefills `len` random tokens into `slot` in chunks (kLast on the last chunk only) and
+  // returns the first generated (greedy) token.
+  absl::StatusOr<int32_t> Prefill(Backend& b, int slot, int len);
   void Add(EngineBenchRow r) {
     r.preset = preset_;
     r.ratio = r.floor_ms > 0 ? r.ms / r.floor_ms : 0;
@@ -182,7 +194,9 @@ class PresetBench {
   std::mt19937_64 rng_{99};
 };
 
-absl::Status PresetBench::Prefill(Backend& b, int slot, int len, std::vector<float>* logits) {
+absl::StatusOr<int32_t> PresetBench::Prefill(Backend& b, int slot, int len) {
+  std::vector<float> logits;
+  std::vector<int32_t> sampled;
   std::vector<int32_t> toks(std::min(len, Chunk()));
   for (int done = 0; done < len;) {
     const int n = std::min(Chunk(), len - done);
@@ -193,11 +207,15 @@ absl::Status PresetBench::Prefill(Backend& b, int slot, int len, std::vector<flo
                        .first_chunk = done == 0,
                        .logits = done + n == len ? LogitsMode::kLast : LogitsMode::kNone};
     const std::vector<SeqChunk> seqs = {seq};
-    if (auto s = b.Forward({std::span<const int32_t>(toks.data(), n), seqs}, logits); !s.ok())
+    if (auto s = StepAndSample(b, {std::span<const int32_t>(toks.data(), n), seqs},
+                               o_.host_sampling, &logits, &sampled);
+        !s.ok())
       return s;
     done += n;
   }
-  return absl::OkStatus();
+  if (sampled.size() != 1)
+    return absl::InternalError(absl::StrCat("prefill sampled ", sampled.size(), " tokens, not 1"));
+  return sampled[0];
 }
 
 absl::Status PresetBench::RunBackend(bool graphs, StateDType state, const std::vector<int>& batches,
@@ -225,10 +243,11 @@ absl::Status PresetBench::RunBackend(bool graphs, StateDType state, const std::v
         const bool profiled = o_.profile_steps && i == 3;
         if (profiled) cuda::ProfilerStart();
         const auto t = BenchClock::now();
-        const absl::Status st = Prefill(b, 0, len, &logits);
+        const absl::StatusOr<int32_t> st = Prefill(b, 0, len);
         if (profiled) cuda::ProfilerStop();
         if (!st.ok())
-          return absl::Status(st.code(), absl::StrCat("prefill ", len, ": ", st.message()));
+          return absl::Status(st.status().code(),
+                              absl::StrCat("prefill ", len, ": ", st.status().message()));
         if (i > 0) ms.push_back(MsSince(t));
       }
       const double med = Median(ms);
@@ -244,11 +263,11 @@ absl::Status PresetBench::RunBackend(bool graphs, StateDType state, const std::v
       std::vector<double> ms;
       for (int i = 0; i < 6; ++i) {
         const auto t = BenchClock::now();
-        const absl::Status st = Prefill(b, 0, len, &logits);
+        // The first token is on the host when Prefill returns (sampled on the device).
+        const absl::StatusOr<int32_t> st = Prefill(b, 0, len);
         if (!st.ok())
-          return absl::Status(st.code(), absl::StrCat("ttft ", len, ": ", st.message()));
-        volatile int32_t first = ArgMax(logits.data(), c_.vocab_size);
-        (void)first;
+          return absl::Status(st.status().code(),
+                              absl::StrCat("ttft ", len, ": ", st.status().message()));
         if (i > 0) ms.push_back(MsSince(t));
       }
       const double med = Median(ms);
@@ -268,7 +287,7 @@ absl::Status PresetBench::RunBackend(bool graphs, StateDType state, const std::v
     std::vector<SeqChunk> seqs;
     for (int i = 0; i < batch; ++i)
       seqs.push_back({.slot = slots[i], .token_offset = i, .n_tokens = 1, .first_chunk = false});
-    std::vector<int32_t> toks(batch);
+    std::vector<int32_t> toks(batch), sampled;
     std::vector<double> ms, host;
     const int steps = batch >= 512 ? std::max(5, o_.steps / 2) : o_.steps;
     for (int i = 0; i < steps + 3; ++i) {
@@ -276,7 +295,7 @@ absl::Status PresetBench::RunBackend(bool graphs, StateDType state, const std::v
       const bool profiled = o_.profile_steps && !graphs && i == steps + 2;
       if (profiled) cuda::ProfilerStart();
       const auto t = BenchClock::now();
-      const absl::Status st = DecodeStep(b, {toks, seqs}, o_.host_sampling, &logits);
+      const absl::Status st = StepAndSample(b, {toks, seqs}, o_.host_sampling, &logits, &sampled);
       if (profiled) cuda::ProfilerStop();
       if (!st.ok())
         return absl::Status(st.code(), absl::StrCat("decode batch ", batch, ": ", st.message()));
@@ -307,6 +326,7 @@ absl::Status PresetBench::RunCapacity() {
   bo.num_slots = 0;  // as many as fit next to the weights under the memory fraction
   bo.state_dtype = StateDType::kF32;
   bo.cuda_graphs = false;
+  bo.device_sampling = !o_.host_sampling;
   bo.gpu_memory_fraction = o_.gpu_memory_fraction;
   size_t free0 = 0, total = 0;
   if (auto s = cuda::MemInfo(&free0, &total); !s.ok()) return s;
@@ -332,24 +352,28 @@ absl::Status PresetBench::RunCapacity() {
     return t - f;
   };
   std::vector<float> logits;
+  std::vector<int32_t> sampled;
   // Warm-up: one full chunk in the last slot sizes the activation workspace for the token
   // budget (it depends on the chunk size, never on the context length).
-  if (auto s = Prefill(b, r.slots - 1, Chunk(), &logits); !s.ok()) return s;
+  if (auto s = Prefill(b, r.slots - 1, Chunk()); !s.ok()) return s.status();
   auto u0 = used();
   if (!u0.ok()) return u0.status();
   r.used_before = *u0;
   for (int ctx : o_.capacity_contexts) {
     const auto t = BenchClock::now();
-    if (auto s = Prefill(b, 0, ctx, &logits); !s.ok())
-      return absl::Status(s.code(), absl::StrCat("capacity context ", ctx, ": ", s.message()));
+    absl::StatusOr<int32_t> first = Prefill(b, 0, ctx);
+    if (!first.ok())
+      return absl::Status(first.status().code(),
+                          absl::StrCat("capacity context ", ctx, ": ", first.status().message()));
     r.context_prefill_s.push_back(MsSince(t) / 1e3);
-    // Then a few decode steps continuing that context.
-    std::vector<int32_t> tok(1);
+    // Then a few greedy decode steps continuing that context.
+    std::vector<int32_t> tok = {*first};
     const std::vector<SeqChunk> seqs = {
         {.slot = 0, .token_offset = 0, .n_tokens = 1, .first_chunk = false}};
     for (int i = 0; i < 4; ++i) {
-      tok[0] = ArgMax(logits.data(), c_.vocab_size);
-      if (auto s = b.Forward({tok, seqs}, &logits); !s.ok()) return s;
+      if (auto s = StepAndSample(b, {tok, seqs}, o_.host_sampling, &logits, &sampled); !s.ok())
+        return s;
+      tok = sampled;
     }
     auto u = used();
     if (!u.ok()) return u.status();
