@@ -28,10 +28,13 @@ struct LinearParams {
 };
 
 // Small-M path (kernels/cuda/gemv.cu): one kernel streaming each weight row once, no split-K
-// reduce, for m <= kSmallMMaxRows (m > 4 only when the weights are under 4 MB). Needs k and the
-// x row stride to be multiples of 4 bytes and 4-byte aligned x and w. GemmRunner::Linear uses it
-// whenever SmallMLinearSupported (unless BMS_LEGACY_KERNELS=1).
+// reduce, for m <= kSmallMMaxRows and weights up to kSmallMMaxWeightBytes (x_proj, dt_proj:
+// cuBLASLt runs those as split-K + reduce or a 64x8 tile at 3-10 us; bigger weights stream
+// faster through cuBLASLt). Needs k and the x row stride to be multiples of 4 bytes and 4-byte
+// aligned x and w. GemmRunner::Linear uses it whenever SmallMLinearSupported (unless
+// BMS_LEGACY_KERNELS=1).
 inline constexpr int kSmallMMaxRows = 8;
+inline constexpr int64_t kSmallMMaxWeightBytes = 4 << 20;
 bool SmallMLinearSupported(const LinearParams& p);
 absl::Status SmallMLinear(const LinearParams& p, Stream stream);
 

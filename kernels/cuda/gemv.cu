@@ -18,6 +18,7 @@ namespace bms::cuda {
 namespace {
 
 constexpr int kGemvThreads = 256;
+constexpr int kUnroll = 4;  // weight loads in flight per thread
 
 struct GemvArgs {
   int m, n, k, group;
@@ -70,17 +71,26 @@ __global__ void __launch_bounds__(kGemvThreads) SmallMGemvKernel(GemvArgs a) {
   if (col < a.n) {
     const T* __restrict__ wrow = static_cast<const T*>(a.w) + static_cast<int64_t>(col) * a.k;
     const T* __restrict__ x = static_cast<const T*>(a.x);
-#pragma unroll 4
-    for (int kv = g; kv < n_vec; kv += G) {
-      V wv;
-      wv.Load(wrow + kv * V::kN);
+    // kUnroll weight loads per thread issued before any use (memory-level parallelism even
+    // when a thread has only 2-3 loads in all).
+    for (int kv0 = g; kv0 < n_vec; kv0 += kUnroll * G) {
+      V wv[kUnroll];
 #pragma unroll
-      for (int r = 0; r < kMaxM; ++r) {
-        if (r < a.m) {
-          V xv;
-          xv.Load(x + r * a.x_stride + kv * V::kN);
+      for (int u = 0; u < kUnroll; ++u)
+        if (kv0 + u * G < n_vec) wv[u].Load(wrow + (kv0 + u * G) * V::kN);
 #pragma unroll
-          for (int e = 0; e < V::kN; ++e) acc[r] = fmaf(xv.f[e], wv.f[e], acc[r]);
+      for (int u = 0; u < kUnroll; ++u) {
+        const int kv = kv0 + u * G;
+        if (kv < n_vec) {
+#pragma unroll
+          for (int r = 0; r < kMaxM; ++r) {
+            if (r < a.m) {
+              V xv;
+              xv.Load(x + r * a.x_stride + kv * V::kN);
+#pragma unroll
+              for (int e = 0; e < V::kN; ++e) acc[r] = fmaf(xv.f[e], wv[u].f[e], acc[r]);
+            }
+          }
         }
       }
     }
@@ -154,9 +164,10 @@ void LaunchGemv(const GemvArgs& a, int blocks, Stream stream) {
 bool SmallMLinearSupported(const LinearParams& p) {
   if (p.m < 1 || p.m > kSmallMMaxRows || p.n <= 0 || p.k <= 0) return false;
   if (p.out_dtype != p.in_dtype && p.out_dtype != DType::kF32) return false;
-  // Above 4 rows every weight load feeds up to 8 x loads through L1: only for small weights.
+  // Only small weights (x_proj, dt_proj): on the H100 this kernel streamed in_proj (17 MB) at
+  // 1.4 TB/s and out_proj at 1.0 TB/s, slower than cuBLASLt's GEMV (bench/NOTES.md).
   const int64_t w_bytes = static_cast<int64_t>(p.n) * p.k * DTypeBytes(p.in_dtype);
-  if (p.m > 4 && w_bytes > (4 << 20)) return false;
+  if (w_bytes > kSmallMMaxWeightBytes) return false;
   return VecBytes(p) != 0;
 }
 

@@ -64,10 +64,10 @@ TEST_P(FusedTest, SmallMLinearMatchesReferenceAndCublas) {
   auto gemm = cuda::GemmRunner::Create();
   ASSERT_TRUE(gemm.ok()) << gemm.status();
   // (m, n, k, x_stride, y_stride, fp32 out): x_proj, dt_proj (k = 92, x stride 124: the 4-byte
-  // path), in_proj-like, out_proj-like at 3 rows, 8 rows on small weights, and an odd k.
+  // path), wider outputs (< 4 MB of fp32 weights), 8 rows, odd sizes.
   for (auto [m, n, k, xs, ys, f32_out] :
        {std::tuple{1, 124, 2944, 2944, 124, false}, std::tuple{2, 2944, 92, 124, 2944, false},
-        std::tuple{1, 1000, 1472, 1472, 1000, false}, std::tuple{3, 1472, 2944, 2944, 1500, true},
+        std::tuple{1, 600, 1472, 1472, 600, false}, std::tuple{3, 300, 2944, 2944, 400, true},
         std::tuple{8, 124, 2944, 2944, 124, false}, std::tuple{5, 300, 36, 40, 301, true},
         std::tuple{7, 33, 2, 2, 33, false}}) {
     const auto x = In(RandomVector(rng, m * xs, -1, 1));
@@ -117,6 +117,8 @@ TEST_P(FusedTest, SmallMLinearMatchesReferenceAndCublas) {
   EXPECT_FALSE(cuda::SmallMLinearSupported({.m = 9, .n = 8, .k = 8, .in_dtype = dt()}));
   EXPECT_FALSE(cuda::SmallMLinearSupported(
       {.m = 8, .n = 4096, .k = 4096, .in_dtype = dt(), .out_dtype = dt()}));
+  EXPECT_FALSE(cuda::SmallMLinearSupported(  // in_proj of the 2.8b preset: cuBLASLt
+      {.m = 1, .n = 5888, .k = 1472, .in_dtype = dt(), .out_dtype = dt()}));
 }
 
 // Reference routing of fp32 normalized rows: expert, scale and the top-two probability gap.
