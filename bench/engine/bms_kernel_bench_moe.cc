@@ -8,6 +8,7 @@
 // time and floor / measured. Each variant's fc2 output is compared with the mma64 variant's (rel.
 // error). No gRPC; links bms_kernels only.
 //   bms_kernel_bench_moe [--rows=1,8,64,256,1024,2048] [--reps=20] [--sets=4] [--variants=all]
+//                        [--tight_grid=0|1]
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -99,10 +100,12 @@ int Main(int argc, char** argv) {
       if (!absl::SimpleAtoi(v, &sets) || sets <= 0) return std::fprintf(stderr, "--sets: bad\n"), 2;
     } else if (const char* v = value("--variants=")) {
       variants_flag = v;
+    } else if (const char* v = value("--tight_grid=")) {
+      cuda::SetGroupedGemmTightGrid(std::strcmp(v, "1") == 0);
     } else {
       std::fprintf(stderr,
                    "usage: bms_kernel_bench_moe [--rows=1,8,...] [--reps=20] [--sets=4] "
-                   "[--variants=all|name,name,...]\nunknown flag '%s'\n",
+                   "[--variants=all|name,name,...] [--tight_grid=0|1]\nunknown flag '%s'\n",
                    a.c_str());
       return 2;
     }
@@ -112,7 +115,8 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "no CUDA device: %s\n", why.c_str());
     return 1;
   }
-  std::printf("device: %s\n", cuda::DeviceDescription().c_str());
+  std::printf("device: %s, tight grid %d\n", cuda::DeviceDescription().c_str(),
+              cuda::GroupedGemmTightGrid() ? 1 : 0);
   std::mt19937_64 rng(1234);
 
   // Measured copy bandwidth (read + write of 1 GiB) and cuBLASLt bf16 rate (8192^3).

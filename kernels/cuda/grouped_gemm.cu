@@ -416,16 +416,18 @@ int SmCount() {
 }  // namespace
 
 // From the H100 measurements in bench/NOTES.md (gemm section), 2.8b shapes: 16-row k-split
-// tiles stream the weights best up to 64 rows (the narrower one when the wider one would leave
-// SMs idle); beyond, 128 x 128 tiles with k 64 per stage, except the plain (fc2-like) product
-// up to 512 rows, where 32-row k-split tiles keep more blocks streaming.
+// tiles stream the weights best up to 64 rows (the narrower one, k split over a 4-block
+// cluster, when the wider one would leave SMs idle); beyond, 128 x 128 tiles with k 64 per stage,
+// except the plain (fc2-like) product up to 512 rows, where 32-row k-split tiles keep more blocks
+// streaming.
 int GroupedGemmHeuristicVariant(const GroupedGemmParams& p) {
   if (!IsFast(p)) return kVariantMma;
   if (p.n_rows <= 64) {
     const int cols = p.epilogue == GroupedEpilogue::kGatedAct ? 16 : 32;  // t16x32k4's tile
     const int64_t blocks =
         static_cast<int64_t>(CeilDiv(p.n, cols)) * std::min(p.n_rows, p.n_experts);
-    return TiledByName(blocks < SmCount() ? "t16x16k4" : "t16x32k4");
+    if (blocks >= SmCount()) return TiledByName("t16x32k4");
+    return TiledByName(TiledClustersSupported() ? "t16x16k4c4" : "t16x16k4");
   }
   if (p.n_rows <= 512 && p.epilogue != GroupedEpilogue::kGatedAct) return TiledByName("t32x64k4");
   return TiledByName("t128x128b64");

@@ -121,4 +121,6 @@ int TiledVariantCount();
 const char* TiledVariantName(int i);
 int TiledVariantRowsPerTile(int i);
 absl::Status LaunchTiledVariant(int i, const GroupedGemmParams& p, Stream stream);
+// Whether the cluster split-K variants can run (sm_90+).
+bool TiledClustersSupported();
 }  // namespace bms::cuda

@@ -7,6 +7,12 @@
 //   touched expert's weights must stream at full bandwidth: many blocks, wide k stages, several
 //   stages in flight per block.
 // Same tile scheduling (device-side expert offsets) and fused epilogues as grouped_gemm.cu.
+#include <cooperative_groups.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 
 #include "kernels/cuda/grouped_gemm_internal.cuh"
@@ -22,10 +28,12 @@ using grouped::MmaBf16;
 
 // kBM grouped rows x kBR weight rows per tile (gated: kBR / 2 columns of each half); warps
 // kWM x kWN over (rows, weight rows) and kWK over the k range of a stage; kBK k per stage.
-template <int kBM_, int kBR_, int kWM_, int kWN_, int kWK_, int kBK_, int kStages_>
+// kSplit > 1: the k range is split over a thread-block cluster of kSplit blocks (sm_90); the
+// partial tiles are summed through distributed shared memory by the cluster's first block.
+template <int kBM_, int kBR_, int kWM_, int kWN_, int kWK_, int kBK_, int kStages_, int kSplit_ = 1>
 struct Cfg {
   static constexpr int kBM = kBM_, kBR = kBR_, kWM = kWM_, kWN = kWN_, kWK = kWK_, kBK = kBK_,
-                       kStages = kStages_;
+                       kStages = kStages_, kSplit = kSplit_;
   static constexpr int kThreads = 32 * kWM * kWN * kWK;
   static constexpr int kLd = kBK + 8;  // padded row: conflict-free ldmatrix
   static constexpr int kPipeBytes = kStages * (kBM + kBR) * kLd * 2;
@@ -55,7 +63,10 @@ struct Shape {
   static constexpr int kKW = C::kBK / C::kWK;  // k per warp per stage
   static constexpr int kAcc = kHalves * kMI * kNI * 4;
   static constexpr int kRedBytes = (C::kWK - 1) * C::kWM * C::kWN * kAcc * 32 * 4;
-  static constexpr int kSmemBytes = C::kPipeBytes > kRedBytes ? C::kPipeBytes : kRedBytes;
+  // Cluster split: the block's partial tile, after kRedBytes.
+  static constexpr int kPartBytes = C::kSplit > 1 ? C::kWM* C::kWN* kAcc * 32 * 4 : 0;
+  static constexpr int kSmemBytes =
+      C::kPipeBytes > kRedBytes + kPartBytes ? C::kPipeBytes : kRedBytes + kPartBytes;
   static_assert(kWNc % 8 == 0 && kTM % 16 == 0 && kKW % 16 == 0 && C::kBK % 8 == 0);
 };
 
@@ -97,10 +108,15 @@ __global__ void __launch_bounds__(C::kThreads) GroupedGemmTiledKernel(GroupedGem
     b_src[i] = nullptr;
     if (row < C::kBR && j < p.n) b_src[i] = W + static_cast<int64_t>(row / S::kBNc * p.n + j) * p.k;
   }
-  const int n_k_tiles = (p.k + C::kBK - 1) / C::kBK;
+  // k tiles [kt_begin, kt_end) of this block (all of them without a cluster split).
+  const int n_k_total = (p.k + C::kBK - 1) / C::kBK;
+  const int kt_begin = static_cast<int>(static_cast<int64_t>(n_k_total) * blockIdx.z / C::kSplit);
+  const int kt_end =
+      static_cast<int>(static_cast<int64_t>(n_k_total) * (blockIdx.z + 1) / C::kSplit);
+  const int n_k_tiles = kt_end - kt_begin;
   auto issue = [&](int kt) {
     if (kt < n_k_tiles) {
-      const int stage = kt % kStages, k0 = kt * C::kBK;
+      const int stage = kt % kStages, k0 = (kt_begin + kt) * C::kBK;
       bf16* as = As + stage * C::kBM * kLd;
       bf16* bs = Bs + stage * C::kBR * kLd;
 #pragma unroll
@@ -171,26 +187,59 @@ __global__ void __launch_bounds__(C::kThreads) GroupedGemmTiledKernel(GroupedGem
     compute(kt % kStages);
   }
 
+  float* flat = &acc[0][0][0][0];
   if constexpr (C::kWK > 1) {
     // Sum the k-split warps' partial tiles: warps with wk > 0 park theirs in shared memory.
     CpAsyncWait<0>();
     __syncthreads();
     float* red = reinterpret_cast<float*>(smem_raw);  // [kWK - 1][kWM * kWN][kAcc][32]
-    float* flat = &acc[0][0][0][0];
     if (wk > 0) {
       float* dst = red + ((wk - 1) * C::kWM * C::kWN + wmn) * S::kAcc * 32 + lane;
 #pragma unroll
       for (int i = 0; i < S::kAcc; ++i) dst[i * 32] = flat[i];
     }
     __syncthreads();
-    if (wk > 0) return;
+    if (wk == 0) {
 #pragma unroll
-    for (int w = 1; w < C::kWK; ++w) {
-      const float* src = red + ((w - 1) * C::kWM * C::kWN + wmn) * S::kAcc * 32 + lane;
+      for (int w = 1; w < C::kWK; ++w) {
+        const float* src = red + ((w - 1) * C::kWM * C::kWN + wmn) * S::kAcc * 32 + lane;
 #pragma unroll
-      for (int i = 0; i < S::kAcc; ++i) flat[i] += src[i * 32];
+        for (int i = 0; i < S::kAcc; ++i) flat[i] += src[i * 32];
+      }
     }
   }
+  if constexpr (C::kSplit > 1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // Cluster split-K: every block parks its partial tile; block rank 0 sums them from the
+    // other blocks' shared memory; the second barrier keeps those blocks alive until then.
+    // Every thread of every block reaches both barriers.
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    float* part = reinterpret_cast<float*>(smem_raw + S::kRedBytes);  // [kWM*kWN][kAcc][32]
+    if constexpr (C::kWK == 1) {
+      CpAsyncWait<0>();
+      __syncthreads();  // pipeline buffers no longer read (part overlaps them)
+    }
+    if (wk == 0) {
+#pragma unroll
+      for (int i = 0; i < S::kAcc; ++i) part[(wmn * S::kAcc + i) * 32 + lane] = flat[i];
+    }
+    cluster.sync();
+    const bool leader = cluster.block_rank() == 0;
+    if (leader && wk == 0) {
+      for (int r = 1; r < C::kSplit; ++r) {
+        const float* src = cluster.map_shared_rank(part, r);
+#pragma unroll
+        for (int i = 0; i < S::kAcc; ++i) flat[i] += src[(wmn * S::kAcc + i) * 32 + lane];
+      }
+    }
+    cluster.sync();
+    if (!leader) return;
+#else
+    __trap();  // launched only on sm_90+ (LaunchCfgEpi checks)
+#endif
+  }
+  if (wk > 0) return;
 
   const int g = lane / 4, tq = lane % 4;
 #pragma unroll
@@ -210,6 +259,22 @@ __global__ void __launch_bounds__(C::kThreads) GroupedGemmTiledKernel(GroupedGem
   }
 }
 
+}  // namespace
+
+bool TiledClustersSupported() {
+  static const bool ok = [] {
+    int dev = 0, major = 0;
+    return cudaGetDevice(&dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+           major >= 9;
+  }();
+  return ok;
+}
+
+namespace {
+
+bool ClustersSupported() { return TiledClustersSupported(); }
+
 template <GroupedEpilogue kEpi, class C>
 absl::Status LaunchCfgEpi(const GroupedGemmParams& p, Stream stream) {
   using S = Shape<kEpi, C>;
@@ -222,11 +287,34 @@ absl::Status LaunchCfgEpi(const GroupedGemmParams& p, Stream stream) {
   if (attr_err != cudaSuccess)
     return absl::InternalError(
         absl::StrCat("GroupedGemm: shared memory attribute: ", cudaGetErrorString(attr_err)));
-  const int64_t row_tiles = CeilDiv(p.n_rows, C::kBM) + p.n_experts;
+  // Non-empty row tiles: sum_e ceil(c_e / kBM) <= floor(n_rows / kBM) + (non-empty experts)
+  // (tight grid), or the looser CeilDiv(n_rows, kBM) + n_experts (the validated default; every
+  // grid row past the real tiles is a block that only reads the offsets and exits).
+  const int64_t row_tiles = GroupedGemmTightGrid()
+                                ? p.n_rows / C::kBM + std::min(p.n_experts, p.n_rows)
+                                : CeilDiv(p.n_rows, C::kBM) + p.n_experts;
   if (row_tiles > 65535)
     return absl::InvalidArgumentError("GroupedGemm: too many rows for one launch");
-  const dim3 grid(CeilDiv(p.n, S::kBNc), static_cast<unsigned>(row_tiles));
-  GroupedGemmTiledKernel<kEpi, C><<<grid, C::kThreads, S::kSmemBytes, stream>>>(p);
+  const dim3 grid(CeilDiv(p.n, S::kBNc), static_cast<unsigned>(row_tiles), C::kSplit);
+  if constexpr (C::kSplit == 1) {
+    GroupedGemmTiledKernel<kEpi, C><<<grid, C::kThreads, S::kSmemBytes, stream>>>(p);
+  } else {
+    if (!ClustersSupported())
+      return absl::FailedPreconditionError("GroupedGemm: cluster variants need sm_90");
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(C::kThreads);
+    cfg.dynamicSmemBytes = S::kSmemBytes;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = C::kSplit;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    BMS_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, GroupedGemmTiledKernel<kEpi, C>, p));
+  }
   BMS_CUDA_CHECK_LAUNCH("GroupedGemmTiled");
   return absl::OkStatus();
 }
@@ -268,9 +356,31 @@ const Variant kVariants[] = {
     {"t16x32k4", 16, &LaunchCfg<Cfg<16, 32, 1, 1, 4, 128, 4>>},
     // Decode, narrow: 16 x 16, four k-split warps, 5 stages of k 256 (many blocks for fc2).
     {"t16x16k4", 16, &LaunchCfg<Cfg<16, 16, 1, 1, 4, 256, 5>>},
+    // Decode, 8 stages in flight per block.
+    {"t16x32k4s8", 16, &LaunchCfg<Cfg<16, 32, 1, 1, 4, 128, 8>>},
+    // Decode with the k range split over a cluster of 2 / 4 blocks (more blocks streaming when
+    // few experts are touched; partial tiles summed through distributed shared memory).
+    {"t16x32k4c2", 16, &LaunchCfg<Cfg<16, 32, 1, 1, 4, 128, 4, 2>>},
+    {"t16x32k4c4", 16, &LaunchCfg<Cfg<16, 32, 1, 1, 4, 128, 4, 4>>},
+    {"t16x16k4c4", 16, &LaunchCfg<Cfg<16, 16, 1, 1, 4, 128, 4, 4>>},
 };
 
 }  // namespace
+
+namespace {
+std::atomic<int> g_tight_grid{-1};  // -1: not yet read from BMS_GROUPED_TIGHT_GRID
+}  // namespace
+
+bool GroupedGemmTightGrid() {
+  int v = g_tight_grid.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* env = std::getenv("BMS_GROUPED_TIGHT_GRID");
+    v = env != nullptr && std::strcmp(env, "1") == 0 ? 1 : 0;
+    g_tight_grid.store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
+}
+void SetGroupedGemmTightGrid(bool on) { g_tight_grid.store(on ? 1 : 0); }
 
 int TiledVariantCount() { return static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0])); }
 const char* TiledVariantName(int i) { return kVariants[i].name; }

@@ -264,6 +264,13 @@ class GroupedGemmTuner {
   std::unique_ptr<Impl> impl_;
 };
 
+// Row-tile grid of the tiled variants: tight (floor(n_rows / tile) + min(experts, n_rows) rows
+// of blocks: at 1 row one block row instead of n_experts + 1) or the default loose bound. Read
+// once from BMS_GROUPED_TIGHT_GRID=1 (default off until it has passed gpu_moe_test on a device);
+// the setter is for tests and benchmarks. Process-wide.
+bool GroupedGemmTightGrid();
+void SetGroupedGemmTightGrid(bool on);
+
 // Benchmark helper: runs fn (which enqueues work on `stream`) reps times, each call bracketed by
 // CUDA events; returns the GPU time of each call in microseconds.
 absl::StatusOr<std::vector<float>> TimeOnStream(const std::function<absl::Status()>& fn, int reps,

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <numeric>
 #include <tuple>
+#include <utility>
 
 #include "kernels/cuda/gemm.h"
 #include "tests/gpu/gpu_test_util.h"
@@ -125,19 +126,26 @@ TEST_P(MoeTest, GroupedExpertsMatchReference) {
   };
   // bf16: every kernel variant, the heuristic (-1) and the timing tuner (kTuned); fp32 has one.
   constexpr int kTuned = -2;
-  std::vector<int> variants = {-1};
+  // (variant, tight row-tile grid): the tiled variants (2..) and the heuristic also with the
+  // tight grid (GroupedGemmTightGrid), on the cases up to 1000 tokens.
+  std::vector<std::pair<int, bool>> variants = {{-1, false}};
   if (dt() == DType::kBF16) {
-    for (int v = 0; v < cuda::GroupedGemmVariantCount(); ++v) variants.push_back(v);
-    variants.push_back(kTuned);
+    for (int v = 0; v < cuda::GroupedGemmVariantCount(); ++v) variants.push_back({v, false});
+    variants.push_back({kTuned, false});
+    variants.push_back({-1, true});
+    for (int v = 2; v < cuda::GroupedGemmVariantCount(); ++v) variants.push_back({v, true});
   }
   cuda::GroupedGemmTuner tuner(/*timing=*/true);
   for (const auto& [kind, n, d, f, gated, act, with_bias] : cases) {
-    for (const int variant : variants) {
-      SCOPED_TRACE(testing::Message() << kind << " n=" << n << " d=" << d << " f=" << f
-                                      << " gated=" << gated << " bias=" << with_bias << " variant="
-                                      << (variant >= 0 ? cuda::GroupedGemmVariantName(variant)
-                                          : variant == kTuned ? "tuned"
-                                                              : "heuristic"));
+    for (const auto& [variant, tight] : variants) {
+      if (tight && n > 1000) continue;
+      cuda::SetGroupedGemmTightGrid(tight);
+      SCOPED_TRACE(testing::Message()
+                   << "tight_grid=" << tight << " " << kind << " n=" << n << " d=" << d
+                   << " f=" << f << " gated=" << gated << " bias=" << with_bias << " variant="
+                   << (variant >= 0        ? cuda::GroupedGemmVariantName(variant)
+                       : variant == kTuned ? "tuned"
+                                           : "heuristic"));
       const int rows1 = gated ? 2 * f : f;
       const float ws = 1.0f / std::sqrt(static_cast<float>(d));
       const auto x = In(RandomVector(rng, n * d, -1, 1));
@@ -213,6 +221,7 @@ TEST_P(MoeTest, GroupedExpertsMatchReference) {
       EXPECT_LT(NormalizedError(dout.Get(), want), Tolerance(dt()));
     }
   }
+  cuda::SetGroupedGemmTightGrid(false);
   if (dt() == DType::kBF16) {
     const std::string described = tuner.Describe();
     EXPECT_NE(described.find("rows<="), std::string::npos) << described;
