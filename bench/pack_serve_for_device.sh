@@ -16,7 +16,9 @@ CARRY=build-serve-carry
 rm -rf "$CARRY" && mkdir -p "$CARRY/stage/bin" "$CARRY/stage/lib"
 cp build-cuda-serve/server/bmserve build-cuda-serve/tools/loadgen/bmserve-loadgen \
   build-cuda-serve/bench/engine/bms_bench "$CARRY/stage/bin/"
-strip -s "$CARRY"/stage/bin/*
+# bmserve keeps its symbol table (perf on the device); the others are stripped.
+strip -s "$CARRY"/stage/bin/bms_bench "$CARRY"/stage/bin/bmserve-loadgen
+strip --strip-debug "$CARRY"/stage/bin/bmserve
 # Base system (glibc, libstdc++, libgcc) and the CUDA driver/toolkit libraries come from the
 # device; everything else travels.
 ldd "$CARRY"/stage/bin/* | awk '/=>/ {print $3}' | sort -u \
