@@ -5,7 +5,7 @@
 // events, median of 20 calls after 3 warm-up calls; every call uses a different set of slots
 // from a state pool larger than L2, so state traffic comes from HBM. Prints bytes moved, the
 // bandwidth floor (bytes / measured device-copy bandwidth) and floor / measured.
-// Usage: bms_kernel_bench_scan [--reps N]   (no gRPC, no model)
+// Usage: bms_kernel_bench_scan [--reps N] [--prefill_only]   (no gRPC, no model)
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -53,11 +53,14 @@ absl::StatusOr<cuda::DeviceBuffer> Random(size_t bytes, const char* what, uint32
 
 int Main(int argc, char** argv) {
   int reps = 20;
+  bool prefill_only = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
       reps = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--prefill_only") == 0) {
+      prefill_only = true;
     } else {
-      std::fprintf(stderr, "usage: %s [--reps N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--reps N] [--prefill_only]\n", argv[0]);
       return 2;
     }
   }
@@ -85,8 +88,9 @@ int Main(int argc, char** argv) {
   auto c0 = cuda::DeviceBuffer::Alloc(copy_bytes, "copy src");
   auto c1 = cuda::DeviceBuffer::Alloc(copy_bytes, "copy dst");
   if (!c0.ok() || !c1.ok()) return Fail(c0.ok() ? c1.status() : c0.status());
-  auto copy_us =
-      timed([&](int) { return cuda::CopyDeviceToDevice(c1->get(), c0->get(), copy_bytes); });
+  auto copy_us = timed([&](int) {
+    return cuda::CopyDeviceToDeviceOnStream(c1->get(), c0->get(), copy_bytes, stream);
+  });
   if (!copy_us.ok()) return Fail(copy_us.status());
   const double bw = 2.0 * copy_bytes / (*copy_us * 1e-6);  // bytes / s
   std::printf("device copy: %.0f GB/s (read + write)\n", bw / 1e9);
@@ -128,6 +132,7 @@ int Main(int argc, char** argv) {
   if (auto s = cuda::CopyToDevice(dcu->get(), cu.data(), cu.size() * 4); !s.ok()) return Fail(s);
   if (auto s = cuda::CopyToDevice(dhas->get(), has.data(), has.size()); !s.ok()) return Fail(s);
   for (cuda::StateStorage st : {cuda::StateStorage::kF32, cuda::StateStorage::kBF16}) {
+    if (prefill_only) break;
     const int e = st == cuda::StateStorage::kF32 ? 4 : 2;
     const char* sname = st == cuda::StateStorage::kF32 ? "f32" : "bf16";
     auto ssm = cuda::DeviceBuffer::Alloc(static_cast<size_t>(pool) * kDi * kN * e, "ssm pool");

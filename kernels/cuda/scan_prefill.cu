@@ -17,6 +17,14 @@ namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
+// 2^x with the hardware approximation (2 ulp; results below 2^-126 flush to 0, harmless for a
+// decay factor): one MUFU op instead of exp2f's denormal handling.
+__device__ __forceinline__ float Exp2Ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // The sequence that owns packed token t: the largest b with cu_seqlens[b] <= t.
 __device__ __forceinline__ int OwnerSeq(const int32_t* cu_seqlens, int batch, int t) {
   int lo = 0, hi = batch - 1;
@@ -101,16 +109,25 @@ __global__ void __launch_bounds__(kCpThreads) ConvPrefillOutKernel(CausalConv1dP
 }
 
 // ---- Chunked selective scan. ----
-constexpr int kScanCh = 8;                  // channels per block
-constexpr int kLanes = 16;                  // time lanes per channel
-constexpr int kItems = 8;                   // tokens per lane
-constexpr int kChunk = kLanes * kItems;     // tokens per chunk
-constexpr int kRow = kChunk + 4;            // padded shared row (16-byte multiple)
-constexpr int kThreads = kScanCh * kLanes;  // 128
-constexpr int kN = 16;                      // d_state
+constexpr int kThreads = 128;
+constexpr int kN = 16;  // d_state
 
-template <typename T, typename S>
-__global__ void __launch_bounds__(kThreads, 5) ScanChunkedKernel(SelectiveScanParams p) {
+// Tiling of the chunked scan: kLanes time lanes per channel, kItems tokens per lane (chunk =
+// kLanes * kItems tokens), kNP states processed together (independent chains for ILP),
+// kMinBlocks for __launch_bounds__ (register cap).
+template <int kLanes_, int kItems_, int kNP_, int kMinBlocks_>
+struct ScanTile {
+  static constexpr int kLanes = kLanes_, kItems = kItems_, kNP = kNP_, kMinBlocks = kMinBlocks_;
+  static constexpr int kCh = kThreads / kLanes;  // channels per block
+  static constexpr int kChunk = kLanes * kItems;
+  static constexpr int kRow = kChunk + 4;  // padded shared row (16-byte multiple)
+};
+
+template <typename T, typename S, typename Tile>
+__global__ void __launch_bounds__(kThreads, Tile::kMinBlocks)
+    ScanChunkedKernel(SelectiveScanParams p) {
+  constexpr int kLanes = Tile::kLanes, kItems = Tile::kItems, kNP = Tile::kNP;
+  constexpr int kScanCh = Tile::kCh, kChunk = Tile::kChunk, kRow = Tile::kRow;
   __shared__ __align__(16) float dt_s[kScanCh][kRow];  // dt after bias + softplus
   __shared__ __align__(16) float u_s[kScanCh][kRow];
   __shared__ __align__(16) float y_s[kScanCh][kRow];
@@ -132,11 +149,14 @@ __global__ void __launch_bounds__(kThreads, 5) ScanChunkedKernel(SelectiveScanPa
   float carry[kN];
   const float* A = p.A + static_cast<int64_t>(cc) * kN;  // read per chunk (L1), not registers
   {
-    const float h0 = init ? ToF32(state[j]) : 0.f;  // lane j loads state j
+    // Lane j loads states j, j + kLanes, ...; every lane of the channel gets all of them.
+    float h0[kN / kLanes > 0 ? kN / kLanes : 1];
 #pragma unroll
-    for (int n = 0; n < kN; ++n) {
-      carry[n] = __shfl_sync(0xffffffffu, h0, n, kLanes);
-    }
+    for (int k = 0; k * kLanes < kN; ++k)
+      h0[k] = init && j + k * kLanes < kN ? ToF32(state[j + k * kLanes]) : 0.f;
+#pragma unroll
+    for (int n = 0; n < kN; ++n)
+      carry[n] = __shfl_sync(0xffffffffu, h0[n / kLanes], n % kLanes, kLanes);
   }
   const T* U = static_cast<const T*>(p.u);
   const T* Dt = static_cast<const T*>(p.delta);
@@ -180,46 +200,54 @@ __global__ void __launch_bounds__(kThreads, 5) ScanChunkedKernel(SelectiveScanPa
       y[i] = 0.f;
     }
 #pragma unroll
-    for (int n = 0; n < kN; ++n) {
-      float a[kItems], bb[kItems], cv[kItems];
-      const float a2 = __ldg(A + n) * kLog2e;
-      LoadVec<float, kItems>(&B_s[n][j * kItems], bb);
+    for (int n0 = 0; n0 < kN; n0 += kNP) {
+      // kNP independent states at once: (a, b) pairs, the lane composite h_out = ap*h_in + bp.
+      float a[kNP][kItems], bb[kNP][kItems], ap[kNP], bp[kNP];
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        a[i] = exp2f(dtv[i] * a2);
-        bb[i] *= duv[i];
-      }
-      // This lane's composite step: h_out = ap * h_in + bp.
-      float ap = a[0], bp = bb[0];
+      for (int q = 0; q < kNP; ++q) {
+        const float a2 = __ldg(A + n0 + q) * kLog2e;
+        LoadVec<float, kItems>(&B_s[n0 + q][j * kItems], bb[q]);
 #pragma unroll
-      for (int i = 1; i < kItems; ++i) {
-        bp = a[i] * bp + bb[i];
-        ap *= a[i];
-      }
-      // Inclusive scan over the 16 lanes of this channel (earlier lanes first).
+        for (int i = 0; i < kItems; ++i) {
+          a[q][i] = Exp2Ftz(dtv[i] * a2);
+          bb[q][i] *= duv[i];
+        }
+        ap[q] = a[q][0];
+        bp[q] = bb[q][0];
 #pragma unroll
-      for (int off = 1; off < kLanes; off <<= 1) {
-        const float ao = __shfl_up_sync(0xffffffffu, ap, off, kLanes);
-        const float bo = __shfl_up_sync(0xffffffffu, bp, off, kLanes);
-        if (j >= off) {
-          bp = ap * bo + bp;
-          ap *= ao;
+        for (int i = 1; i < kItems; ++i) {
+          bp[q] = a[q][i] * bp[q] + bb[q][i];
+          ap[q] *= a[q][i];
         }
       }
-      float ae = __shfl_up_sync(0xffffffffu, ap, 1, kLanes);
-      float be = __shfl_up_sync(0xffffffffu, bp, 1, kLanes);
-      if (j == 0) {
-        ae = 1.f;
-        be = 0.f;
-      }
-      float h = ae * carry[n] + be;
-      LoadVec<float, kItems>(&C_s[n][j * kItems], cv);
+      // Inclusive scan over the lanes of this channel (earlier lanes first).
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        h = a[i] * h + bb[i];
-        y[i] += cv[i] * h;
+      for (int off = 1; off < kLanes; off <<= 1) {
+#pragma unroll
+        for (int q = 0; q < kNP; ++q) {
+          const float ao = __shfl_up_sync(0xffffffffu, ap[q], off, kLanes);
+          const float bo = __shfl_up_sync(0xffffffffu, bp[q], off, kLanes);
+          if (j >= off) {
+            bp[q] = ap[q] * bo + bp[q];
+            ap[q] *= ao;
+          }
+        }
       }
-      carry[n] = __shfl_sync(0xffffffffu, h, kLanes - 1, kLanes);
+#pragma unroll
+      for (int q = 0; q < kNP; ++q) {
+        // This lane's starting state = the previous lane's final state (lane 0: the carry).
+        const float h_end = ap[q] * carry[n0 + q] + bp[q];
+        float h = __shfl_up_sync(0xffffffffu, h_end, 1, kLanes);
+        if (j == 0) h = carry[n0 + q];
+        float cv[kItems];
+        LoadVec<float, kItems>(&C_s[n0 + q][j * kItems], cv);
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+          h = a[q][i] * h + bb[q][i];
+          y[i] += cv[i] * h;
+        }
+        carry[n0 + q] = __shfl_sync(0xffffffffu, h, kLanes - 1, kLanes);
+      }
     }
     StoreVec<float, kItems>(&y_s[cl][j * kItems], y);
     __syncthreads();
@@ -233,12 +261,26 @@ __global__ void __launch_bounds__(kThreads, 5) ScanChunkedKernel(SelectiveScanPa
     }
   }
   if (active && slot >= 0) {
-    float v = carry[0];
 #pragma unroll
-    for (int n = 1; n < kN; ++n)
-      if (j == n) v = carry[n];
-    state[j] = FromF32<S>(v);
+    for (int k = 0; k * kLanes < kN; ++k) {
+      float v = carry[0];
+#pragma unroll
+      for (int n = 1; n < kN; ++n)
+        if (j + k * kLanes == n) v = carry[n];
+      if (j + k * kLanes < kN) state[j + k * kLanes] = FromF32<S>(v);
+    }
   }
+}
+
+// The tiling in use. Measured on the H100 (bench/NOTES.md, scan section): 16 lanes x 8 tokens,
+// one state at a time, capped at 96 registers (5 blocks / SM) is the fastest of the five tried;
+// two or four states at a time (ILP) or 8 / 32 lanes need 128 registers and ran 1.6-1.8x slower.
+using DefaultTile = ScanTile<16, 8, 1, 5>;
+
+template <typename T, typename S, typename Tile>
+void LaunchTile(const SelectiveScanParams& p, Stream stream) {
+  ScanChunkedKernel<T, S, Tile>
+      <<<dim3(CeilDiv(p.d_inner, Tile::kCh), p.batch), kThreads, 0, stream>>>(p);
 }
 
 }  // namespace
@@ -267,8 +309,7 @@ bool LaunchScanChunked(const SelectiveScanParams& p, Stream stream) {
     using T = decltype(t);
     return DispatchState(p.ssm_state_dtype, [&](auto s) {
       using S = decltype(s);
-      ScanChunkedKernel<T, S>
-          <<<dim3(CeilDiv(p.d_inner, kScanCh), p.batch), kThreads, 0, stream>>>(p);
+      LaunchTile<T, S, DefaultTile>(p, stream);
       return 0;
     });
   });
