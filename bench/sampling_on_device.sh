@@ -4,7 +4,7 @@
 # the sampling kernel test, and bms_bench decode rows (2.8b preset) with ForwardSampled (device
 # sampling) and with --host_sampling (Forward + logits copy), and the sampling kernel
 # micro-benchmark (bms_kernel_bench_sampling, when packed), printing a short table last.
-# SAN=0 skips the sanitizers, HOST_BENCH=0 the host-sampling bench.
+# SAN=0 skips the sanitizers, BENCH=0 both bms_bench runs, HOST_BENCH=0 the host-sampling one.
 # Pack here first (BMS_BUILD=build-cuda-samp BMS_CARRY=build-dev-samp
 #   BMS_PACK_TESTS="gpu_sampling_test gpu_graph_test gpu_model_test" bash bench/pack_for_device.sh)
 # then run(command="bash bench/sampling_on_device.sh", carry=["build-dev-samp"]).
@@ -38,10 +38,12 @@ if [ -x "$B/bms_kernel_bench_sampling" ]; then
 fi
 ARGS="--presets=blackmamba-2.8b --batches=1,64,256,1024 --prompts= --ttft_prompts= \
   --bf16_state_batches=1024 --steps=10 --capacity=false"
-timeout ${BENCH_TIMEOUT:-45} "$B/bms_bench" $ARGS > "$OUT/bench.log" 2>&1
-echo "=== bench exit $?" >> "$OUT/bench.log"
-stamp "bench (device sampling) done"
-if [ "${HOST_BENCH:-1}" = 1 ]; then
+if [ "${BENCH:-1}" = 1 ]; then
+  timeout ${BENCH_TIMEOUT:-45} "$B/bms_bench" $ARGS > "$OUT/bench.log" 2>&1
+  echo "=== bench exit $?" >> "$OUT/bench.log"
+  stamp "bench (device sampling) done"
+fi
+if [ "${BENCH:-1}" = 1 ] && [ "${HOST_BENCH:-1}" = 1 ]; then
   timeout ${HOST_BENCH_TIMEOUT:-60} "$B/bms_bench" $ARGS --host_sampling > "$OUT/bench_host.log" 2>&1
   echo "=== bench exit $?" >> "$OUT/bench_host.log"
   stamp "bench (host sampling) done"
@@ -52,5 +54,5 @@ for f in "$OUT"/gpu_*_test.log; do
 done
 grep -E "ERROR SUMMARY|^=== " "$OUT/memcheck.log" "$OUT/racecheck.log" 2>/dev/null | head
 cat "$OUT/kernel_bench.log" 2>/dev/null
-echo "--- device sampling"; grep -E "^kind|^decode|=== " "$OUT/bench.log"
+echo "--- device sampling"; grep -E "^kind|^decode|=== " "$OUT/bench.log" 2>/dev/null
 echo "--- host sampling"; grep -E "^kind|^decode|=== " "$OUT/bench_host.log" 2>/dev/null

@@ -314,12 +314,22 @@ __device__ int DrawToken(const float* x, int V, const SampleRowParams& rp, float
     return (w > 0 && w >= min_w) ? 1ull : 0ull;
   };
   const Bound all{0xffffffffu, INT_MAX};
-  const u64 n_kept = SumWithin(x, V, all, kept, sh);
+  // One pass for the kept mass and (only when top_k is set) the kept count.
+  u64 local_count = 0, local_mass = 0;
+  for (int i = threadIdx.x; i < V; i += kThreads) {
+    const double w = exp((static_cast<double>(x[i]) - mx) * inv_t);  // as in mass / kept
+    if (w > 0 && w >= min_w) {
+      local_mass += __double2ull_rn(w * kMassScale);
+      ++local_count;
+    }
+  }
+  const u64 kept_mass = BlockSumU64(local_mass, sh);
+  const u64 n_kept = rp.top_k > 0 ? BlockSumU64(local_count, sh) : 0;
   const bool top_k = rp.top_k > 0 && static_cast<u64>(rp.top_k) < n_kept;
   const bool top_p = rp.top_p < 1.0f;
   if (!top_k && !top_p) {
     // Draw in token-id order.
-    const u64 total = SumWithin(x, V, all, mass, sh);
+    const u64 total = kept_mass;
     const double target = rp.uniform * static_cast<double>(total);
     const Pick p = OrderedPick(
         x, V, [](uint32_t, int) { return true; }, mass, 0,
@@ -333,7 +343,7 @@ __device__ int DrawToken(const float* x, int V, const SampleRowParams& rp, float
     if (!p.found) return argmax;  // cannot happen: top_k < n_kept
     bound = Bound{p.key, p.id};
   }
-  u64 total = SumWithin(x, V, bound, mass, sh);
+  u64 total = top_k ? SumWithin(x, V, bound, mass, sh) : kept_mass;
   if (top_p) {
     const Pick p = Select(x, V, bound, mass,
                           static_cast<double>(rp.top_p) * static_cast<double>(total), false, sh);
