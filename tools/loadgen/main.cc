@@ -68,7 +68,8 @@ struct Cli {
     Add("model", &o.model, "the request's model field (default: omitted = the served model)");
     AddNumber("concurrency", &o.concurrency, "closed loop: number of clients");
     AddNumber("rate", &o.rate, "open loop: Poisson arrivals, requests per second");
-    AddNumber("duration", &o.duration_s, "seconds to keep issuing requests");
+    AddNumber("duration", &o.duration_s,
+              "seconds to keep issuing requests (in-flight ones finish)");
     AddNumber("requests", &o.requests, "number of requests to issue");
     AddNumber("prompt-len", &o.prompt_len, "prompt length in tokens (or words for text)");
     Add("prompt-kind", &o.prompt_kind, "tokens (random ids, token-id prompt) or text");
