@@ -157,9 +157,8 @@ class CudaBackendImpl : public CudaBackend {
   cuda::Stream stream_ = nullptr;
   std::unique_ptr<cuda::GemmRunner> gemm_;
   // Grouped expert GEMM variant per shape class, timed on first use (BMS_GROUPED_GEMM_TUNE=0:
-  // the fixed heuristic). Created on first use by GroupedTuner().
-  std::unique_ptr<cuda::GroupedGemmTuner> grouped_tuner_;
-  cuda::GroupedGemmTuner* GroupedTuner();
+  // the fixed heuristic); one tuner shared by every backend of the process.
+  static cuda::GroupedGemmTuner* GroupedTuner();
 
   cuda::DeviceBuffer weights_;
   const void* embedding_ = nullptr;    // W [vocab_size, d_model] (tied head)

@@ -373,13 +373,17 @@ absl::Status CudaBackendImpl::MambaForward(const MambaLayer& l, int T, int S) {
 }
 
 cuda::GroupedGemmTuner* CudaBackendImpl::GroupedTuner() {
-  if (!grouped_tuner_) {
-    // Timing on unless BMS_GROUPED_GEMM_TUNE=0 (then the deterministic size heuristic).
+  // One tuner per process, shared by every backend: a shape class then runs the same variant in
+  // every backend of the process, so two backends over the same weights (eager vs graph, bf16 vs
+  // the tests' references) compute bit-identical expert GEMMs whatever their timings said.
+  // Timing on unless BMS_GROUPED_GEMM_TUNE=0 (then the deterministic size heuristic). Never
+  // destroyed: it may hold device memory and must not outlive the CUDA context at exit.
+  static cuda::GroupedGemmTuner* const shared = [] {
     const char* env = std::getenv("BMS_GROUPED_GEMM_TUNE");
     const bool timing = env == nullptr || std::strcmp(env, "0") != 0;
-    grouped_tuner_ = std::make_unique<cuda::GroupedGemmTuner>(timing);
-  }
-  return grouped_tuner_.get();
+    return new cuda::GroupedGemmTuner(timing);
+  }();
+  return shared;
 }
 
 absl::Status CudaBackendImpl::MlpForward(const MlpLayer& l, int T, bool routed) {

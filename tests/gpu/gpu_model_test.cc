@@ -232,8 +232,11 @@ TEST_P(ModelTest, Bf16LogitsCloseToFp32Reference) {
     } else {
       // With top-1 routing, a bf16-sized perturbation moves some tokens to another expert, which
       // changes their output wholesale; on random models that dominates. Bound the GPU's
-      // deviation by what rounding the weights alone does to the fp32 CPU model.
-      EXPECT_LT(a.err, std::max(2e-2, 2 * q.err));
+      // deviation by what rounding the weights alone does to the fp32 CPU model. The ratio of
+      // the two moves with the (fresh) seed and with the expert-GEMM variant the tuner picks
+      // (accumulation order decides which near-tied routings flip): 1.0-2.2 seen on the H100,
+      // so 3x; a wrong kernel gives errors near 1.
+      EXPECT_LT(a.err, std::max(2e-2, 3 * q.err));
       EXPECT_GE(a.agree, std::min(990, q.agree - 30));
     }
   }
