@@ -73,6 +73,7 @@ class EngineImpl final : public Engine {
   void Stop() override;
   absl::StatusOr<std::shared_ptr<EventChannel>> Submit(GenerateRequest request) override;
   absl::Status Cancel(const std::string& request_id) override;
+  absl::Status CancelChoice(const std::string& request_id, int choice) override;
   EngineStats Stats() const override;
   const ModelConfig& config() const override { return backend_->config(); }
   const EngineOptions& options() const override { return options_; }
@@ -111,6 +112,7 @@ class EngineImpl final : public Engine {
   bool stop_requested_ = false;
   std::deque<std::unique_ptr<RequestState>> submitted_;
   std::vector<std::string> cancels_;
+  std::vector<std::pair<std::string, int>> choice_cancels_;  // (request id, choice)
   absl::flat_hash_set<std::string> live_ids_;
   uint64_t next_auto_id_ = 1;
   std::mt19937_64 seed_gen_;
@@ -257,6 +259,21 @@ absl::Status EngineImpl::Cancel(const std::string& request_id) {
   return absl::OkStatus();
 }
 
+absl::Status EngineImpl::CancelChoice(const std::string& request_id, int choice) {
+  if (choice < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("choice ", choice, " must be >= 0"));
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!live_ids_.contains(request_id)) {
+      return absl::NotFoundError(absl::StrCat("no live request with id '", request_id, "'"));
+    }
+    choice_cancels_.emplace_back(request_id, choice);
+  }
+  cv_.notify_all();
+  return absl::OkStatus();
+}
+
 EngineStats EngineImpl::Stats() const {
   EngineStats s;
   s.running = running_.load();
@@ -281,8 +298,10 @@ void EngineImpl::Loop() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       if (!scheduler_.HasWork()) {
-        cv_.wait(lock,
-                 [this] { return stop_requested_ || !submitted_.empty() || !cancels_.empty(); });
+        cv_.wait(lock, [this] {
+          return stop_requested_ || !submitted_.empty() || !cancels_.empty() ||
+                 !choice_cancels_.empty();
+        });
       }
       while (!submitted_.empty()) {
         scheduler_.Add(std::move(submitted_.front()));
@@ -290,6 +309,8 @@ void EngineImpl::Loop() {
       }
       for (const std::string& id : cancels_) scheduler_.RequestCancel(id);
       cancels_.clear();
+      for (const auto& [id, choice] : choice_cancels_) scheduler_.RequestCancelChoice(id, choice);
+      choice_cancels_.clear();
       sched_waiting_.store(scheduler_.num_waiting());
       submitted_count_.store(0);
       stopping = stop_requested_;

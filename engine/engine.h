@@ -19,14 +19,14 @@
 namespace bms {
 
 struct EngineOptions {
-  int max_num_batched_tokens = 2048;   // token budget per step (decode + prefill chunks)
-  int max_queued_requests = 1024;      // waiting-queue bound; beyond it Submit fails at once
-  int max_prompt_tokens = 131072;      // longer prompts are InvalidArgument
-  int max_tokens_limit = 131072;       // upper bound for SamplingParams::max_tokens
-  int max_n = 16;                      // upper bound for GenerateRequest::n
-  int eos_token_id = 0;                // <|endoftext|>
-  std::string fault_injection;         // test-only: "step-fail:N" fails every Nth backend step
-  int sampler_threads = 4;             // host threads sampling logits rows (1 = engine thread)
+  int max_num_batched_tokens = 2048;  // token budget per step (decode + prefill chunks)
+  int max_queued_requests = 1024;     // waiting-queue bound; beyond it Submit fails at once
+  int max_prompt_tokens = 131072;     // longer prompts are InvalidArgument
+  int max_tokens_limit = 131072;      // upper bound for SamplingParams::max_tokens
+  int max_n = 16;                     // upper bound for GenerateRequest::n
+  int eos_token_id = 0;               // <|endoftext|>
+  std::string fault_injection;        // test-only: "step-fail:N" fails every Nth backend step
+  int sampler_threads = 4;            // host threads sampling logits rows (1 = engine thread)
   std::shared_ptr<EngineObserver> observer;  // optional hooks (metrics); null = none
 };
 
@@ -40,10 +40,10 @@ struct EngineStats {
   int64_t generation_tokens_total = 0;
   int64_t steps_total = 0;
   double last_step_seconds = 0;
-  double backend_seconds_total = 0;     // time inside Backend::Forward
-  double step_seconds_total = 0;        // whole engine steps (schedule + forward + sample + update)
+  double backend_seconds_total = 0;  // time inside Backend::Forward
+  double step_seconds_total = 0;     // whole engine steps (schedule + forward + sample + update)
   size_t state_bytes_per_slot = 0;
-  size_t backend_memory_bytes = 0;      // Backend::memory_bytes_in_use()
+  size_t backend_memory_bytes = 0;  // Backend::memory_bytes_in_use()
   bool ready = false;
 };
 
@@ -66,6 +66,11 @@ class Engine {
   // Thread-safe. Cancels a live request (finish reason abort within the next step).
   // NotFound when no live request has this id.
   virtual absl::Status Cancel(const std::string& request_id) = 0;
+  // Thread-safe. Ends one choice of a live request (finish reason abort within the next step once
+  // its prompt is prefilled; its slot is freed) while the other choices go on: a frontend whose
+  // choice ended on a stop string calls it. NotFound when no live request has this id,
+  // InvalidArgument for a negative choice; an index past the request's n is ignored.
+  virtual absl::Status CancelChoice(const std::string& request_id, int choice) = 0;
 
   virtual EngineStats Stats() const = 0;
   virtual const ModelConfig& config() const = 0;

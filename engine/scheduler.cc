@@ -26,6 +26,15 @@ bool Scheduler::RequestCancel(const std::string& request_id) {
   return true;
 }
 
+bool Scheduler::RequestCancelChoice(const std::string& request_id, int choice) {
+  auto it = by_id_.find(request_id);
+  if (it == by_id_.end() || choice < 0 || choice >= static_cast<int>(it->second->choices.size())) {
+    return false;
+  }
+  it->second->choices[choice].cancel_requested = true;
+  return true;
+}
+
 void Scheduler::PollAbandoned() {
   for (auto& [id, r] : by_id_) {
     if (!r->cancel_requested && r->channel != nullptr && r->channel->abandoned()) {
@@ -82,7 +91,7 @@ StepPlan Scheduler::Schedule(Clock::time_point now) {
     if (budget == 0) break;
     if (r->cancel_requested || !r->prefill_done()) continue;
     for (ChoiceState& c : r->choices) {
-      if (c.finish != FinishReason::kNone || budget == 0) continue;
+      if (c.finish != FinishReason::kNone || c.cancel_requested || budget == 0) continue;
       PlannedSeq seq;
       seq.request = r.get();
       seq.choice = c.index;
@@ -233,6 +242,14 @@ UpdateOutput Scheduler::Update(const StepPlan& plan, const StepResult& result,
     if (r->cancel_requested && r->unfinished > 0) {
       FinishAll(r, FinishReason::kAbort, absl::OkStatus(), now, &out);
       touched.push_back(r);
+    } else if (r->unfinished > 0 && r->prefill_done()) {
+      for (ChoiceState& c : r->choices) {
+        if (!c.cancel_requested || c.finish != FinishReason::kNone) continue;
+        GenerationEvent ev = NewEvent(*r, c, now);
+        FinishChoice(r, &c, FinishReason::kAbort, -1, absl::OkStatus(), now, &ev);
+        out.events.push_back({r->channel, std::move(ev)});
+        touched.push_back(r);
+      }
     }
   }
   std::sort(touched.begin(), touched.end());

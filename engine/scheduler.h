@@ -42,6 +42,7 @@ struct ChoiceState {
   std::vector<int32_t> generated;  // every sampled token, including a final stop token
   TokenCounts counts;              // generated token -> count (penalties)
   FinishReason finish = FinishReason::kNone;
+  bool cancel_requested = false;  // RequestCancelChoice: abort this choice only
 };
 
 struct RequestState {
@@ -115,6 +116,10 @@ class Scheduler {
   void Add(std::unique_ptr<RequestState> request);
   // Flags a live request for abort at the next Update. False when the id is not live.
   bool RequestCancel(const std::string& request_id);
+  // Flags one choice for abort: it gets no more decode tokens and finishes (abort, slot freed) at
+  // the first Update after the prompt is prefilled (before that its slot still receives the
+  // fork of the prompt state). False when the id is not live or the choice is out of range.
+  bool RequestCancelChoice(const std::string& request_id, int choice);
   // Flags every live request whose channel was abandoned.
   void PollAbandoned();
   // Flags everything (shutdown).

@@ -89,6 +89,11 @@ ChoiceDelta RequestStream::Consume(const GenerationEvent& ev) {
   return choices_[ev.choice].Consume(ev);
 }
 
+bool RequestStream::ChoiceNeedsEngineCancel(int choice) const {
+  if (choice < 0 || choice >= n()) return false;
+  return choices_[choice].finished() && !engine_finished_[choice];
+}
+
 bool RequestStream::AllFinished() const {
   for (const ChoiceStream& c : choices_) {
     if (!c.finished()) return false;

@@ -77,6 +77,9 @@ class RequestStream {
   // Every choice finished here but the engine still runs some (they ended on stop strings):
   // the frontend should Cancel the engine request (its later abort events are ignored).
   bool NeedsEngineCancel() const;
+  // Choice `choice` finished here (a stop string) while the engine still runs it: the frontend
+  // should CancelChoice it (its later abort event is ignored). False for an index outside [0, n).
+  bool ChoiceNeedsEngineCancel(int choice) const;
 
  private:
   std::vector<ChoiceStream> choices_;

@@ -235,6 +235,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
                        d.index, final_status_.error_message().c_str());
         }
       }
+      if (d.finish != FinishReason::kNone && !choices_->AllFinished() &&
+          choices_->ChoiceNeedsEngineCancel(d.index)) {
+        // This choice ended on a stop string while others go on: free its engine slot now
+        // (takes only the engine's queue lock, never held while the engine notifies).
+        (void)ctx_.engine->CancelChoice(request_id_, d.index);  // NotFound if it just ended
+      }
       auto it = pending_.find(d.index);
       if (it == pending_.end()) {
         if (d.HasOutput() || d.finish != FinishReason::kNone)

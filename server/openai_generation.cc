@@ -139,6 +139,9 @@ void OpenAiGeneration::HandleEvent(size_t prompt, const GenerationEvent& ev,
     run.engine_live = false;
     run.channel->Abandon();
     (void)ctx_.engine->Cancel(run.engine_id);
+  } else if (run.engine_live && run.stream.ChoiceNeedsEngineCancel(d.index)) {
+    // This choice ended on a stop string while others go on: free its slot now.
+    (void)ctx_.engine->CancelChoice(run.engine_id, d.index);  // NotFound if it just ended
   }
   if (run.stream.AllFinished() && !run.stream.NeedsEngineCancel()) run.engine_live = false;
 }

@@ -215,6 +215,48 @@ TEST(Engine, ValidationNamesTheField) {
   EXPECT_EQ(Collect(**first, 1)[0].finish, FinishReason::kAbort);
 }
 
+TEST(Engine, CancelChoiceEndsOnlyThatChoice) {
+  Harness h = Make(3, NoEos());
+  ASSERT_TRUE(h.engine->Start().ok());
+  GenerateRequest req = Greedy({1, 2, 3}, 100000);  // runs until cancelled
+  req.n = 3;
+  req.request_id = "three";
+  auto ch = h.engine->Submit(req);
+  ASSERT_TRUE(ch.ok());
+  EXPECT_EQ(h.engine->CancelChoice("nope", 0).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(h.engine->CancelChoice("three", -1).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(h.engine->CancelChoice("three", 1).ok());
+  // Choice 1 ends (abort) and frees its slot; choices 0 and 2 keep decoding.
+  std::vector<testing::ChoiceResult> r(3);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (r[1].finals == 0 && std::chrono::steady_clock::now() < deadline) {
+    if (auto ev = (*ch)->Pop(std::chrono::milliseconds(100))) testing::Absorb(*ev, &r);
+  }
+  ASSERT_EQ(r[1].finish, FinishReason::kAbort);
+  EXPECT_EQ(r[0].finals + r[2].finals, 0);
+  const size_t before = r[0].tokens.size();
+  while (r[0].tokens.size() < before + 5 && std::chrono::steady_clock::now() < deadline) {
+    if (auto ev = (*ch)->Pop(std::chrono::milliseconds(100))) testing::Absorb(*ev, &r);
+  }
+  EXPECT_GE(r[0].tokens.size(), before + 5);  // the others still run
+  EXPECT_EQ(r[0].finals + r[2].finals, 0);
+  while (h.engine->Stats().slots_used != 2 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(h.engine->Stats().slots_used, 2);
+  ASSERT_TRUE(h.engine->Cancel("three").ok());
+  while (!testing::AllFinished(r) && std::chrono::steady_clock::now() < deadline) {
+    if (auto ev = (*ch)->Pop(std::chrono::milliseconds(100))) testing::Absorb(*ev, &r);
+  }
+  EXPECT_EQ(r[0].finish, FinishReason::kAbort);
+  EXPECT_EQ(r[2].finish, FinishReason::kAbort);
+  for (const auto& c : r) {
+    EXPECT_EQ(c.finals, 1);
+    EXPECT_EQ(c.after_final, 0);
+  }
+  WaitIdle(*h.engine);
+}
+
 TEST(Engine, CreateRejectsBadOptions) {
   EngineOptions o;
   o.fault_injection = "step-fail:x";

@@ -165,6 +165,55 @@ TEST(Scheduler, CancelBeforeAdmissionAndMidPrefill) {
   EXPECT_FALSE(s.HasWork());
 }
 
+TEST(Scheduler, CancelOneChoiceKeepsTheOthers) {
+  Scheduler s({.num_slots = 3, .max_num_batched_tokens = 2, .eos_token_id = 0});
+  auto now = Clock::now();
+  s.Add(MakeRequest("r", 4, 10, /*n=*/3));
+  EXPECT_FALSE(s.RequestCancelChoice("r", 3));
+  EXPECT_FALSE(s.RequestCancelChoice("r", -1));
+  EXPECT_FALSE(s.RequestCancelChoice("zzz", 0));
+  StepPlan p1 = s.Schedule(now);  // first 2 prompt tokens
+  ASSERT_EQ(p1.num_prefill_tokens, 2);
+  s.Update(p1, SampleAll(p1), now);
+  // Flagged mid-prefill: the choice still receives the prompt fork, then ends.
+  EXPECT_TRUE(s.RequestCancelChoice("r", 1));
+  StepPlan p2 = s.Schedule(now);  // last prompt chunk, forks to choices 1 and 2
+  ASSERT_EQ(p2.seqs.size(), 1u);
+  EXPECT_EQ(p2.seqs[0].fork_to.size(), 2u);
+  UpdateOutput o2 = s.Update(p2, SampleAll(p2), now);
+  // Three first tokens, then choice 1's abort.
+  ASSERT_EQ(o2.events.size(), 4u);
+  EXPECT_EQ(o2.events[3].event.choice, 1);
+  EXPECT_EQ(o2.events[3].event.finish, FinishReason::kAbort);
+  EXPECT_EQ(s.slots().num_used(), 2);  // choice 1's slot is free
+  StepPlan p3 = s.Schedule(now);       // decodes for choices 0 and 2 only
+  ASSERT_EQ(p3.num_decode_tokens, 2);
+  EXPECT_EQ(p3.seqs[0].choice, 0);
+  EXPECT_EQ(p3.seqs[1].choice, 2);
+  UpdateOutput o3 = s.Update(p3, SampleAll(p3), now);
+  ASSERT_EQ(o3.events.size(), 2u);
+  for (auto& e : o3.events) EXPECT_EQ(e.event.finish, FinishReason::kNone);
+  // A cancel after prefill: the flagged choice gets no more tokens and ends at this Update.
+  EXPECT_TRUE(s.RequestCancelChoice("r", 2));
+  StepPlan p4 = s.Schedule(now);
+  ASSERT_EQ(p4.num_decode_tokens, 1);
+  EXPECT_EQ(p4.seqs[0].choice, 0);
+  UpdateOutput o4 = s.Update(p4, SampleAll(p4), now);
+  ASSERT_EQ(o4.events.size(), 2u);
+  EXPECT_EQ(o4.events[1].event.choice, 2);
+  EXPECT_EQ(o4.events[1].event.finish, FinishReason::kAbort);
+  EXPECT_EQ(o4.events[1].event.completion_tokens, 2);
+  EXPECT_EQ(s.slots().num_used(), 1);
+  EXPECT_TRUE(o4.finished_ids.empty());  // choice 0 still runs
+  // Choice 0 runs to max_tokens; the request then finishes normally.
+  for (int i = 0; i < 20 && s.HasWork(); ++i) {
+    StepPlan p = s.Schedule(now);
+    s.Update(p, SampleAll(p), now);
+  }
+  EXPECT_FALSE(s.HasWork());
+  EXPECT_EQ(s.slots().num_used(), 0);
+}
+
 TEST(Scheduler, FailedStepErrorsOnlyItsRequests) {
   Scheduler s({.num_slots = 2, .max_num_batched_tokens = 3, .eos_token_id = 0});
   auto now = Clock::now();

@@ -34,6 +34,7 @@ class FakeEngine final : public Engine {
   absl::StatusOr<std::shared_ptr<EventChannel>> Submit(GenerateRequest request) override {
     return submit(std::move(request));
   }
+  absl::Status CancelChoice(const std::string&, int) override { return absl::OkStatus(); }
   absl::Status Cancel(const std::string& id) override {
     return absl::NotFoundError("no live request with id '" + id + "'");
   }

@@ -29,6 +29,7 @@ class FakeEngine : public Engine {
     return absl::UnavailableError("fake");
   }
   absl::Status Cancel(const std::string&) override { return absl::OkStatus(); }
+  absl::Status CancelChoice(const std::string&, int) override { return absl::OkStatus(); }
   EngineStats Stats() const override { return stats; }
   const ModelConfig& config() const override { return cfg; }
   const EngineOptions& options() const override { return opts; }

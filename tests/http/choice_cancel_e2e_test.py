@@ -1,0 +1,114 @@
+"""End-to-end (label e2e, CPU, `bmserve serve --demo`): with n = 2, a choice that ends on a stop
+string is cancelled in the engine at once (Engine::CancelChoice) while the other choice runs on.
+Seeded sampling is reproducible, so a first run without `stop` gives both choices' texts; a
+stop string found early in choice 0's text and nowhere in choice 1's then makes choice 0 stop
+there (text cut before it, finish_reason stop) and choice 1 come out unchanged (length), and
+the server's generation-token counter grows by fewer than 2 x max_tokens: the stopped choice
+stopped decoding. Binary from the environment: BMSERVE_BIN."""
+import json
+import os
+import re
+import subprocess
+import threading
+import unittest
+import urllib.request
+
+BMSERVE = os.environ.get('BMSERVE_BIN', '')
+MAX_TOKENS = 200
+
+
+class Serve:
+    def __init__(self):
+        args = [BMSERVE, 'serve', '--demo', '--host', '127.0.0.1', '--http-port', '0',
+                '--grpc-port', '0', '--cpu-threads', '1']
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.port, self.log = 0, ''
+        found = threading.Event()
+
+        def read():
+            for raw in self.proc.stderr:
+                line = raw.decode('utf-8', 'replace')
+                self.log += line
+                m = re.search(r'listening on http://[^:]+:(\d+)', line)
+                if m:
+                    self.port = int(m.group(1))
+                    found.set()
+            found.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        found.wait(60)
+        if not self.port:
+            self.stop()
+            raise RuntimeError('bmserve did not start:\n' + self.log)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stderr.close()
+
+    def post(self, body):
+        req = urllib.request.Request(f'http://127.0.0.1:{self.port}/v1/completions',
+                                     data=json.dumps(body).encode(),
+                                     headers={'Content-Type': 'application/json'})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return json.loads(r.read())
+
+    def generated_tokens(self):
+        with urllib.request.urlopen(f'http://127.0.0.1:{self.port}/metrics', timeout=30) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith('bmserve:generation_tokens_total'):
+                    return float(line.split()[-1])
+        raise AssertionError('no bmserve:generation_tokens_total in /metrics')
+
+
+def pick_stop(t0, t1):
+    """A 3-character printable stop string whose first match in t0 is in its first quarter and
+    that never occurs in t1; None if there is none."""
+    for i in range(0, len(t0) // 4):
+        s = t0[i:i + 3]
+        if len(s) == 3 and all(32 < ord(ch) < 127 for ch in s) and s not in t1:
+            return s
+    return None
+
+
+class ChoiceCancelTest(unittest.TestCase):
+    def test_stopped_choice_stops_decoding(self):
+        serve = Serve()
+        try:
+            tried = 0
+            for seed in range(1, 40):
+                base = {'model': 'bmserve-demo', 'prompt': 'The quick brown fox', 'n': 2,
+                        'max_tokens': MAX_TOKENS, 'temperature': 1.0, 'seed': seed,
+                        'ignore_eos': True}
+                free = serve.post(base)
+                t0, t1 = (c['text'] for c in sorted(free['choices'], key=lambda c: c['index']))
+                stop = pick_stop(t0, t1)
+                if stop is None:
+                    continue
+                tried += 1
+                before = serve.generated_tokens()
+                got = serve.post(dict(base, stop=[stop]))
+                after = serve.generated_tokens()
+                c0, c1 = sorted(got['choices'], key=lambda c: c['index'])
+                self.assertEqual(c0['finish_reason'], 'stop')
+                self.assertEqual(c0['text'], t0[:t0.index(stop)])
+                self.assertEqual(c1['finish_reason'], 'length')
+                self.assertEqual(c1['text'], t1)
+                # Choice 1 decoded MAX_TOKENS; choice 0 stopped soon after its stop string (the
+                # engine may run a few steps ahead of the HTTP thread) instead of running to
+                # MAX_TOKENS too.
+                self.assertLess(after - before, 2 * MAX_TOKENS - MAX_TOKENS // 4,
+                                f'seed {seed}: stop {stop!r} at char {t0.index(stop)}')
+                return
+            self.fail(f'no usable stop string in 39 seeds (tried {tried})')
+        finally:
+            serve.stop()
+
+
+if __name__ == '__main__':
+    unittest.main(verbosity=2)
