@@ -45,7 +45,7 @@ sanitizer_run build-asan -DBMS_SANITIZE=ON \
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer: end-to-end tests against an ASan bmserve =="
 # Same build folder (the libraries are already built); leaks at exit and the start-up test's
 # deliberately impossible allocation are not findings.
-cmake --build build-asan -j "$JOBS" --target bmserve grpc_e2e_test
+cmake --build build-asan -j "$JOBS" --target bmserve bmserve-loadgen grpc_e2e_test
 ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 \
   ctest --test-dir build-asan --output-on-failure -j "$JOBS" -L e2e -E soak_ci --timeout 900
 
