@@ -226,6 +226,52 @@ TEST_F(GrpcE2eTest, StopStringEndsChoiceWithoutLeakingIt) {
   EXPECT_TRUE(WaitIdle());
 }
 
+TEST_F(GrpcE2eTest, ChoiceStoppedByStopStringFreesItsSlotWhileTheOtherRuns) {
+  // Seeded sampling is reproducible: learn both choices' first 60 tokens, then stop choice 0 on
+  // a piece of its early text that choice 1's text does not contain.
+  std::string t0, stop;
+  uint64_t seed = 0;
+  for (uint64_t sd = 1; sd < 40 && stop.empty(); ++sd) {
+    CallOut free_run = Generate(BasicRequest(false, 2, 60, sd));
+    ASSERT_TRUE(free_run.status.ok());
+    t0 = free_run.choices[0].text;
+    const std::string& t1 = free_run.choices[1].text;
+    for (size_t i = 0; i + 3 <= t0.size() / 3 && stop.empty(); ++i) {
+      const std::string s = t0.substr(i, 3);
+      bool ascii = true;
+      for (unsigned char ch : s) ascii = ascii && ch > 0x20 && ch < 0x7f;
+      if (ascii && t1.find(s) == std::string::npos) {
+        stop = s;
+        seed = sd;
+      }
+    }
+  }
+  if (stop.empty()) GTEST_SKIP() << "no usable stop string in the demo model's text";
+  pb::GenerateRequest req = BasicRequest(true, 2, 100000, seed);  // choice 1 runs until cancelled
+  req.mutable_sampling()->add_stop(stop);
+  grpc::ClientContext ctx;
+  auto reader = stub_->Generate(&ctx, req);
+  CallOut out;
+  pb::GenerateResponse r;
+  while (out.choices[0].completes == 0 && reader->Read(&r)) Absorb(r, &out);
+  ASSERT_EQ(out.choices[0].completes, 1);
+  EXPECT_EQ(out.choices[0].finish, pb::FINISH_REASON_STOP);
+  EXPECT_EQ(out.choices[0].text, t0.substr(0, t0.find(stop)));
+  // Choice 0's engine slot is freed while choice 1 still decodes (bounded wait: 10 s).
+  int slots = 2;
+  for (int i = 0; i < 1000 && slots > 1; ++i) {
+    slots = GetLoad().slots_used();
+    if (slots > 1) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_LE(slots, 1);
+  EXPECT_EQ(out.choices[1].completes, 0);
+  ctx.TryCancel();
+  while (reader->Read(&r)) {
+  }
+  (void)reader->Finish();
+  EXPECT_TRUE(WaitIdle());
+}
+
 TEST_F(GrpcE2eTest, ClientCancelFreesTheSlot) {
   grpc::ClientContext ctx;
   auto reader = stub_->Generate(&ctx, BasicRequest(true, 1, 100000, 5));
