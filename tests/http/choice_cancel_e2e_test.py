@@ -7,49 +7,20 @@ the server's generation-token counter grows by fewer than 2 x max_tokens: the st
 stopped decoding. Binary from the environment: BMSERVE_BIN."""
 import json
 import os
-import re
-import subprocess
-import threading
+import sys
 import unittest
 import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from demo_server import DemoServer  # noqa: E402
 
 BMSERVE = os.environ.get('BMSERVE_BIN', '')
 MAX_TOKENS = 200
 
 
-class Serve:
+class Serve(DemoServer):
     def __init__(self):
-        args = [BMSERVE, 'serve', '--demo', '--host', '127.0.0.1', '--http-port', '0',
-                '--grpc-port', '0', '--cpu-threads', '1']
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.port, self.log = 0, ''
-        found = threading.Event()
-
-        def read():
-            for raw in self.proc.stderr:
-                line = raw.decode('utf-8', 'replace')
-                self.log += line
-                m = re.search(r'listening on http://[^:]+:(\d+)', line)
-                if m:
-                    self.port = int(m.group(1))
-                    found.set()
-            found.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        found.wait(60)
-        if not self.port:
-            self.stop()
-            raise RuntimeError('bmserve did not start:\n' + self.log)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stderr.close()
+        super().__init__(BMSERVE)
 
     def post(self, body):
         req = urllib.request.Request(f'http://127.0.0.1:{self.port}/v1/completions',

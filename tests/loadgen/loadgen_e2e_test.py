@@ -4,55 +4,22 @@ usage and max_tokens, latency percentiles, API keys, and a closed port that must
 Binaries come from the environment: BMSERVE_BIN and LOADGEN_BIN."""
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from demo_server import DemoServer  # noqa: E402
 
 BMSERVE = os.environ.get('BMSERVE_BIN', '')
 LOADGEN = os.environ.get('LOADGEN_BIN', '')
 MAX_TOKENS = 12
 
 
-class Serve:
-    """`bmserve serve --demo` on 127.0.0.1; the HTTP port is read from its start-up log."""
-
-    def __init__(self, *extra):
-        args = [BMSERVE, 'serve', '--demo', '--host', '127.0.0.1', '--http-port', '0',
-                '--grpc-port', '0', '--cpu-threads', '1', *extra]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.port = 0
-        self.log = ''
-        found = threading.Event()
-
-        def read():
-            for raw in self.proc.stderr:
-                line = raw.decode('utf-8', 'replace')
-                self.log += line
-                m = re.search(r'listening on http://[^:]+:(\d+)', line)
-                if m:
-                    self.port = int(m.group(1))
-                    found.set()
-            found.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        found.wait(60)
-        if not self.port:
-            self.stop()
-            raise RuntimeError('bmserve did not start:\n' + self.log)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stderr.close()
+def Serve(*extra):
+    return DemoServer(BMSERVE, *extra)
 
 
 def run_loadgen(port, *args, timeout=120):

@@ -1,0 +1,41 @@
+"""Shared by the Python end-to-end tests: `bmserve serve --demo` on 127.0.0.1 (CPU, one thread,
+ephemeral ports), the HTTP port read from its start-up log."""
+import re
+import subprocess
+import threading
+
+
+class DemoServer:
+    def __init__(self, bmserve, *extra):
+        args = [bmserve, 'serve', '--demo', '--host', '127.0.0.1', '--http-port', '0',
+                '--grpc-port', '0', '--cpu-threads', '1', *extra]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.port = 0
+        self.log = ''
+        found = threading.Event()
+
+        def read():
+            for raw in self.proc.stderr:
+                line = raw.decode('utf-8', 'replace')
+                self.log += line
+                m = re.search(r'listening on http://[^:]+:(\d+)', line)
+                if m:
+                    self.port = int(m.group(1))
+                    found.set()
+            found.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        found.wait(60)
+        if not self.port:
+            self.stop()
+            raise RuntimeError('bmserve did not start:\n' + self.log)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stderr.close()
