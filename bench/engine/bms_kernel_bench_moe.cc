@@ -6,7 +6,8 @@
 // finds its weights in L2) and prints the bytes floor (touched experts' weights + activations at
 // the measured copy bandwidth), the FLOP floor (at the measured cuBLASLt bf16 rate), the measured
 // time and floor / measured. Each variant's fc2 output is compared with the mma64 variant's (rel.
-// error). No gRPC; links bms_kernels only.
+// error), and last, per M and fc, the best Hopper wgmma variant (wg*) against the best other
+// variant. No gRPC; links bms_kernels only.
 //   bms_kernel_bench_moe [--rows=1,8,64,256,1024,2048] [--reps=20] [--sets=4] [--variants=all]
 //                        [--tight_grid=0|1]
 #include <algorithm>
@@ -178,6 +179,13 @@ int Main(int argc, char** argv) {
   variants.push_back(kAuto);
   cuda::GroupedGemmTuner tuner(/*timing=*/true);
 
+  // Per (M, fc): the best Hopper wgmma variant ("wg*") against the best of the others.
+  struct Best {
+    int m = 0, fc = 0;
+    double wg_us = 0, other_us = 0, flop = 0;
+    std::string wg, other;
+  };
+  std::vector<Best> best;
   std::printf("\n%6s %4s %-11s %9s %9s %9s %7s %7s %7s %8s\n", "M", "fc", "variant", "us",
               "bytes_us", "flop_us", "TB/s", "TFLOP/s", "floor%", "err");
   for (const int m : rows_list) {
@@ -282,6 +290,20 @@ int Main(int argc, char** argv) {
         const double bytes_us = (w_bytes + io_bytes) / bw * 1e6;
         const double flop = 2.0 * m * n * k, flop_us = flop / peak * 1e6;
         const double floor_us = std::max(bytes_us, flop_us);
+        if (v >= 0) {
+          const bool wg = std::strncmp(name, "wg", 2) == 0;
+          auto it = std::find_if(best.begin(), best.end(),
+                                 [&](const Best& b) { return b.m == m && b.fc == fc; });
+          if (it == best.end()) {
+            best.push_back({.m = m, .fc = fc, .flop = flop});
+            it = best.end() - 1;
+          }
+          double& slot = wg ? it->wg_us : it->other_us;
+          if (slot == 0 || us < slot) {
+            slot = us;
+            (wg ? it->wg : it->other) = name;
+          }
+        }
         std::printf("%6d %4s %-11s %9.1f %9.1f %9.1f %7.2f %7.0f %6.0f%% %8.1e\n", m,
                     fc == 1 ? "fc1" : "fc2", name, us, bytes_us, flop_us,
                     (w_bytes + io_bytes) / (us * 1e-6) / 1e12, flop / (us * 1e-6) / 1e12,
@@ -290,6 +312,17 @@ int Main(int argc, char** argv) {
     }
   }
   std::printf("\ntuner choices:\n%s", tuner.Describe().c_str());
+  if (std::any_of(best.begin(), best.end(), [](const Best& b) { return b.wg_us > 0; })) {
+    std::printf("\nbest wgmma variant vs best other variant (speed-up = other / wgmma)\n");
+    std::printf("%6s %4s %-11s %9s %7s %-11s %9s %7s %8s\n", "M", "fc", "wgmma", "us", "TFLOP/s",
+                "other", "us", "TFLOP/s", "speedup");
+    for (const Best& b : best) {
+      if (b.wg_us <= 0 || b.other_us <= 0) continue;
+      std::printf("%6d %4s %-11s %9.1f %7.0f %-11s %9.1f %7.0f %7.2fx\n", b.m,
+                  b.fc == 1 ? "fc1" : "fc2", b.wg.c_str(), b.wg_us, b.flop / b.wg_us * 1e-6,
+                  b.other.c_str(), b.other_us, b.flop / b.other_us * 1e-6, b.other_us / b.wg_us);
+    }
+  }
   return 0;
 }
 

@@ -325,6 +325,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GroupedGemvKernel(GroupedGemm
 }
 
 constexpr int kVariantMma = 0, kVariantGemv = 1, kFirstTiled = 2;
+// The wgmma variants follow the tiled ones.
+int FirstWgmma() { return kFirstTiled + TiledVariantCount(); }
+bool IsWgmma(int v) { return v >= FirstWgmma() && v < FirstWgmma() + WgmmaVariantCount(); }
 
 bool IsVec(const GroupedGemmParams& p) {
   return p.k % 8 == 0 && p.lda % 8 == 0 && reinterpret_cast<uintptr_t>(p.a) % 16 == 0 &&
@@ -356,6 +359,10 @@ absl::Status LaunchLegacy(const GroupedGemmParams& p, bool vec, bool gemv, Strea
 // p validated and defaulted, n_rows > 0, variant in range.
 absl::Status RunVariant(const GroupedGemmParams& p, int variant, Stream stream) {
   const bool vec = IsVec(p), fast = p.dtype == DType::kBF16 && vec;
+  if (fast && IsWgmma(variant)) {
+    if (WgmmaSupported()) return LaunchWgmmaVariant(variant - FirstWgmma(), p, stream);
+    variant = GroupedGemmHeuristicVariant(p);  // not a Hopper GPU: the size rule's choice
+  }
   if (fast && variant >= kFirstTiled) return LaunchTiledVariant(variant - kFirstTiled, p, stream);
   const bool gemv = fast && variant == kVariantGemv;
   switch (p.epilogue) {
@@ -383,17 +390,19 @@ absl::Status Normalize(GroupedGemmParams* p) {
 
 }  // namespace
 
-int GroupedGemmVariantCount() { return kFirstTiled + TiledVariantCount(); }
+int GroupedGemmVariantCount() { return FirstWgmma() + WgmmaVariantCount(); }
 
 const char* GroupedGemmVariantName(int v) {
   if (v == kVariantMma) return "mma64";
   if (v == kVariantGemv) return "gemv";
+  if (IsWgmma(v)) return WgmmaVariantName(v - FirstWgmma());
   if (v >= kFirstTiled && v < GroupedGemmVariantCount()) return TiledVariantName(v - kFirstTiled);
   return "?";
 }
 
 bool GroupedGemmVariantApplies(const GroupedGemmParams& p, int v) {
   if (v < 0 || v >= GroupedGemmVariantCount()) return false;
+  if (IsWgmma(v)) return IsFast(p) && WgmmaSupported();
   return v == kVariantMma || IsFast(p);
 }
 
@@ -402,6 +411,11 @@ int TiledByName(const char* name) {
   for (int i = 0; i < TiledVariantCount(); ++i)
     if (std::strcmp(TiledVariantName(i), name) == 0) return kFirstTiled + i;
   return kVariantMma;
+}
+int WgmmaByName(const char* name) {
+  for (int i = 0; i < WgmmaVariantCount(); ++i)
+    if (std::strcmp(WgmmaVariantName(i), name) == 0) return FirstWgmma() + i;
+  return TiledByName("t128x128b64");
 }
 int SmCount() {
   static const int count = [] {
@@ -428,6 +442,14 @@ int GroupedGemmHeuristicVariant(const GroupedGemmParams& p) {
         static_cast<int64_t>(CeilDiv(p.n, cols)) * std::min(p.n_rows, p.n_experts);
     if (blocks >= SmCount()) return TiledByName("t16x32k4");
     return TiledByName(TiledClustersSupported() ? "t16x16k4c4" : "t16x16k4");
+  }
+  // Hopper from 256 rows (32 per expert at 8 experts): the wgmma tiles, by the H100 run of
+  // bench/NOTES.md "wgmma grouped GEMM" (64-row tiles where 128-row ones leave SMs idle).
+  if (p.n_rows >= 256 && WgmmaSupported()) {
+    const bool gated = p.epilogue == GroupedEpilogue::kGatedAct;
+    if (p.n_rows < 512) return WgmmaByName(gated ? "wg64x128" : "wg128x128");
+    if (!gated && p.n_rows < 2048) return WgmmaByName("wg64x128");
+    return WgmmaByName("wg128x256");
   }
   if (p.n_rows <= 512 && p.epilogue != GroupedEpilogue::kGatedAct) return TiledByName("t32x64k4");
   return TiledByName("t128x128b64");
@@ -502,7 +524,9 @@ struct GroupedGemmTuner::Impl {
       // Candidates that lost by >= 1.5x in every H100 run at these sizes are not timed (keeps
       // the one-time tuning of a class short): 16-row tiles beyond 256 rows, 64/128-row tiles
       // at <= 8 rows.
-      if (v >= kFirstTiled) {
+      // wgmma tiles (64 / 128 rows): timed from 32 rows unless BMS_GROUPED_WGMMA=0.
+      if (IsWgmma(v) && (!WgmmaTunerEnabled() || q.n_rows < 32)) continue;
+      if (v >= kFirstTiled && !IsWgmma(v)) {
         const int tile_rows = TiledVariantRowsPerTile(v - kFirstTiled);
         if ((tile_rows <= 16 && q.n_rows > 256) || (tile_rows >= 64 && q.n_rows <= 8)) continue;
       }

@@ -1,6 +1,7 @@
 // Device helpers shared by the grouped expert GEMM kernels (grouped_gemm.cu: fp32, legacy MMA,
 // small-row GEMV, dispatch and the variant tuner; grouped_gemm_tiled.cu: the configurable
-// ldmatrix + mma.sync kernels). Internal to kernels/cuda/.
+// ldmatrix + mma.sync kernels; grouped_gemm_wgmma.cu: the Hopper wgmma kernels). Internal to
+// kernels/cuda/.
 #pragma once
 
 #include "kernels/cuda/cuda_check.h"
@@ -123,4 +124,15 @@ int TiledVariantRowsPerTile(int i);
 absl::Status LaunchTiledVariant(int i, const GroupedGemmParams& p, Stream stream);
 // Whether the cluster split-K variants can run (sm_90+).
 bool TiledClustersSupported();
+
+// Hopper warpgroup-MMA variants (grouped_gemm_wgmma.cu), same operand requirements as the tiled
+// ones; they run only on compute capability 9.0 (WgmmaSupported). Index i in
+// [0, WgmmaVariantCount()).
+int WgmmaVariantCount();
+const char* WgmmaVariantName(int i);
+int WgmmaVariantRowsPerTile(int i);
+absl::Status LaunchWgmmaVariant(int i, const GroupedGemmParams& p, Stream stream);
+bool WgmmaSupported();
+// Whether GroupedGemmTuner times the wgmma variants (yes unless BMS_GROUPED_WGMMA=0; read once).
+bool WgmmaTunerEnabled();
 }  // namespace bms::cuda

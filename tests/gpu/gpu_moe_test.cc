@@ -1,7 +1,8 @@
 // GPU MoE tests (label gpu): router selection, the device-side grouping (counts, prefix sum,
 // stable permutation) and the grouped expert GEMM (fc1 + gated activation, fc2 + routing scale
 // + un-permute) against the CPU reference, over routing patterns: all tokens on one expert,
-// empty experts, one token, 8192 tokens, ragged counts.
+// empty experts, one token, 8192 tokens, ragged counts; every kernel variant (the Hopper wgmma
+// ones included: elsewhere they fall back to the size rule's choice).
 #include <algorithm>
 #include <cstdio>
 #include <numeric>
@@ -123,6 +124,9 @@ TEST_P(MoeTest, GroupedExpertsMatchReference) {
       {"ragged", 300, 264, 97, true, ref::Activation::kGelu, true},
       {"uniform", 40, 1472, 392, true, ref::Activation::kGelu, false},
       {"one_expert", 24, 1472, 392, true, ref::Activation::kSilu, true},
+      // Several 64/128-row tiles per expert over a long k with a partial last k tile (fc2
+      // k = 264) and a partial last column tile: the wgmma pipeline and its swizzled layout.
+      {"ragged", 400, 1472, 264, true, ref::Activation::kSilu, true},
   };
   // bf16: every kernel variant, the heuristic (-1) and the timing tuner (kTuned); fp32 has one.
   constexpr int kTuned = -2;
