@@ -40,18 +40,32 @@ struct StepInput {
 enum class StateDType { kF32, kBF16 };
 
 struct BackendOptions {
-  int num_slots = 64;                     // usable state slots; one more is reserved for padding
-                                          // CUDA backend: 0 = as many as fit in the memory budget
+  int num_slots = 64;  // usable state slots; one more is reserved for padding
+                       // CUDA backend: 0 = as many as fit in the memory budget
   StateDType state_dtype = StateDType::kF32;
-  int num_threads = 0;                    // CPU backend: 0 = hardware concurrency
-  bool fp32_compute = false;              // CUDA backend: fp32 weights/activations (exactness)
-  double gpu_memory_fraction = 0.9;       // CUDA backend: cap for weights + state pool
+  int num_threads = 0;               // CPU backend: 0 = hardware concurrency
+  bool fp32_compute = false;         // CUDA backend: fp32 weights/activations (exactness)
+  double gpu_memory_fraction = 0.9;  // CUDA backend: cap for weights + state pool
   // CUDA backend: steps made only of 1-token decodes (kLast logits) replay a CUDA graph captured
   // for the smallest batch bucket >= the batch (engine/cuda_graph.cc); false = always eager.
   bool cuda_graphs = true;
   // CUDA backend: ForwardSampled samples on the device (kernels/cuda/sampling.cu; only ids and
   // requested logprobs are copied back); false = Forward + the host sampler.
   bool device_sampling = true;
+  // CUDA backend: largest decode batch whose graph PrepareForServing captures (bounds the graph
+  // memory); larger all-decode steps run eagerly. 0 = every bucket up to the engine's largest
+  // decode batch.
+  int cuda_graph_max_batch = 0;
+};
+
+// What the backend holds for CUDA graphs (zeros when it has none). Safe to read from any thread.
+struct GraphMemoryStats {
+  int graphs = 0;              // executable graphs held now
+  int64_t captures = 0;        // graph captures since creation (start-up included)
+  int max_batch = 0;           // largest batch bucket with a graph (0: none)
+  size_t graph_bytes = 0;      // device memory the graph executables took (measured at capture)
+  size_t workspace_bytes = 0;  // activation workspace the graphs run in (shared with eager steps)
+  double prepare_seconds = 0;  // PrepareForServing wall time (eager tuning steps + captures)
 };
 
 class Backend {
@@ -85,11 +99,26 @@ class Backend {
   virtual absl::Status ForwardSampled(const StepInput& input, std::span<const SampleContext> rows,
                                       std::vector<SampledToken>* out);
 
+  // Called once by the engine after its warm-up step, before it serves: start-up work that needs
+  // a warm device, so no request pays for it. max_decode_batch is the largest number of decode
+  // rows one step can hold (min(num_slots, token budget)); max_tokens_per_step the engine's token
+  // budget (so the largest step's tokens and logits rows). The CUDA backend sizes its activation
+  // workspace for the largest step, then per decode-batch bucket runs one eager step (the grouped
+  // GEMM tuner times its shapes) and captures the bucket's graph(s); no later step captures
+  // unless the sampling block outgrows its start-up size. The default does nothing.
+  virtual absl::Status PrepareForServing(int max_decode_batch, int max_tokens_per_step) {
+    (void)max_decode_batch;
+    (void)max_tokens_per_step;
+    return absl::OkStatus();
+  }
+  virtual GraphMemoryStats graph_memory() const { return {}; }
+
   // Copies slot src's whole state into slot dst (forking a prompt for n > 1).
   virtual absl::Status CopyState(int src_slot, int dst_slot) = 0;
 
   // Test hook: the slot's state as fp32, per Mamba layer in order:
-  // conv [d_inner, d_conv - 1] (the last d_conv-1 inputs, oldest first) then ssm [d_inner, d_state].
+  // conv [d_inner, d_conv - 1] (the last d_conv-1 inputs, oldest first) then ssm [d_inner,
+  // d_state].
   virtual absl::StatusOr<std::vector<float>> ReadState(int slot) = 0;
 
   // Tokens routed to each expert since the backend was created (warm-up included), per MoE

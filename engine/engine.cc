@@ -2,6 +2,7 @@
 // Schedule -> Forward -> sample -> Update, and publishes events (engine/engine.h).
 #include "engine/engine.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <future>
@@ -86,7 +87,8 @@ class EngineImpl final : public Engine {
   absl::Status WarmUp();
   void Loop();
   void RunStep();
-  StepResult Execute(const StepPlan& plan, double* backend_seconds);
+  // Runs the plan's forward and sampling into *result (cleared first).
+  void Execute(const StepPlan& plan, StepResult* result, double* backend_seconds);
   // Execute through Backend::ForwardSampled (sampling on the device): only when the backend
   // samples on the device and every logits row is one kLast row sampled by exactly one choice.
   bool CanSampleOnDevice(const StepPlan& plan) const;
@@ -104,6 +106,13 @@ class EngineImpl final : public Engine {
   Clock::time_point last_expert_refresh_{};
   std::vector<float> logits_;
   std::unique_ptr<ref::ThreadPool> sampler_pool_;  // null: sample on the engine thread
+  // Per-step buffers, reused so that a steady decode step allocates little.
+  StepPlan plan_;
+  StepResult result_;
+  UpdateOutput out_;
+  std::vector<SampleContext> rows_;
+  std::vector<size_t> seq_of_row_;
+  std::vector<SampledToken> sampled_;
 
   // Shared, guarded by mu_.
   mutable std::mutex mu_;
@@ -123,7 +132,8 @@ class EngineImpl final : public Engine {
   // Lock-free counters (written by the engine thread, read anywhere).
   std::atomic<int64_t> running_{0}, sched_waiting_{0}, submitted_count_{0}, slots_total_{0},
       slots_used_{0}, prompt_tokens_{0}, generation_tokens_{0}, steps_{0};
-  std::atomic<double> last_step_seconds_{0}, backend_seconds_{0}, step_seconds_{0};
+  std::atomic<double> last_step_seconds_{0}, backend_seconds_{0}, step_seconds_{0},
+      warmup_seconds_{0};
   std::atomic<bool> ready_{false};
 };
 
@@ -200,9 +210,20 @@ absl::Status EngineImpl::WarmUp() {
                  .n_tokens = 1,
                  .first_chunk = true,
                  .logits = LogitsMode::kLast};
-  return backend_->Forward(
+  const Clock::time_point t0 = Clock::now();
+  absl::Status s = backend_->Forward(
       StepInput{std::span<const int32_t>(&token, 1), std::span<const SeqChunk>(&chunk, 1)},
       &logits_);
+  // Then the backend's start-up work for the engine's limits (CUDA: workspace for the largest
+  // step, every decode bucket's graph): a decode step holds at most one token per slot and at
+  // most the token budget.
+  if (s.ok()) {
+    s = backend_->PrepareForServing(
+        std::min(backend_->num_slots(), options_.max_num_batched_tokens),
+        options_.max_num_batched_tokens);
+  }
+  warmup_seconds_.store(Seconds(Clock::now() - t0));
+  return s;
 }
 
 absl::StatusOr<std::shared_ptr<EventChannel>> EngineImpl::Submit(GenerateRequest request) {
@@ -288,6 +309,8 @@ EngineStats EngineImpl::Stats() const {
   s.step_seconds_total = step_seconds_.load();
   s.state_bytes_per_slot = backend_->state_bytes_per_slot();
   s.backend_memory_bytes = backend_->memory_bytes_in_use();
+  s.graphs = backend_->graph_memory();
+  s.warmup_seconds = warmup_seconds_.load();
   s.ready = ready_.load();
   return s;
 }
@@ -324,12 +347,17 @@ void EngineImpl::Loop() {
 
 void EngineImpl::RunStep() {
   const Clock::time_point start = Clock::now();
-  StepPlan plan = scheduler_.Schedule(start);
+  StepPlan& plan = plan_;
+  scheduler_.Schedule(start, &plan);
   sched_waiting_.store(scheduler_.num_waiting());
-  StepResult result;
+  StepResult& result = result_;
   double backend_seconds = 0;
-  if (!plan.empty()) result = Execute(plan, &backend_seconds);
-  UpdateOutput out = scheduler_.Update(plan, result, Clock::now());
+  result.status = absl::OkStatus();
+  result.seq_status.clear();
+  result.sampled.clear();
+  if (!plan.empty()) Execute(plan, &result, &backend_seconds);
+  UpdateOutput& out = out_;
+  scheduler_.Update(plan, result, Clock::now(), &out);
   // Counters first, so a client that saw an event also sees the counts that include it.
   running_.store(scheduler_.num_running());
   sched_waiting_.store(scheduler_.num_waiting());
@@ -363,8 +391,8 @@ void EngineImpl::RunStep() {
   }
 }
 
-StepResult EngineImpl::Execute(const StepPlan& plan, double* backend_seconds) {
-  StepResult result;
+void EngineImpl::Execute(const StepPlan& plan, StepResult* result_ptr, double* backend_seconds) {
+  StepResult& result = *result_ptr;
   ++forward_calls_;
   const Clock::time_point t0 = Clock::now();
   if (fail_every_ > 0 && forward_calls_ % fail_every_ == 0) {
@@ -374,13 +402,13 @@ StepResult EngineImpl::Execute(const StepPlan& plan, double* backend_seconds) {
     result.status = ForwardSampled(plan, &result);
     *backend_seconds = Seconds(Clock::now() - t0);
     backend_seconds_.store(backend_seconds_.load() + *backend_seconds);
-    return result;
+    return;
   } else {
     result.status = backend_->Forward(plan.Input(), &logits_);
   }
   *backend_seconds = Seconds(Clock::now() - t0);
   backend_seconds_.store(backend_seconds_.load() + *backend_seconds);
-  if (!result.status.ok()) return result;
+  if (!result.status.ok()) return;
 
   const size_t vocab = static_cast<size_t>(backend_->config().vocab_size);
   result.seq_status.assign(plan.seqs.size(), absl::OkStatus());
@@ -429,7 +457,6 @@ StepResult EngineImpl::Execute(const StepPlan& plan, double* backend_seconds) {
         }
       },
       rows_per_range);
-  return result;
 }
 
 bool EngineImpl::CanSampleOnDevice(const StepPlan& plan) const {
@@ -444,15 +471,17 @@ bool EngineImpl::CanSampleOnDevice(const StepPlan& plan) const {
 }
 
 absl::Status EngineImpl::ForwardSampled(const StepPlan& plan, StepResult* result) {
-  std::vector<SampleContext> rows;  // one per logits row, in chunk order
-  std::vector<size_t> seq_of_row;
+  std::vector<SampleContext>& rows = rows_;  // one per logits row, in chunk order
+  std::vector<size_t>& seq_of_row = seq_of_row_;
+  rows.clear();
+  seq_of_row.clear();
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     const PlannedSeq& seq = plan.seqs[i];
     if (seq.chunk.logits == LogitsMode::kNone) continue;
     rows.push_back(scheduler_.ContextFor(*seq.request, seq.sample_choices[0]));
     seq_of_row.push_back(i);
   }
-  std::vector<SampledToken> sampled;
+  std::vector<SampledToken>& sampled = sampled_;
   absl::Status s = backend_->ForwardSampled(plan.Input(), rows, &sampled);
   if (!s.ok()) return s;
   if (sampled.size() != rows.size())
@@ -475,6 +504,7 @@ void EngineImpl::Publish(UpdateOutput* out) {
     if (options_.observer != nullptr) options_.observer->OnEvent(e.channel.get(), e.event);
     e.channel->Push(std::move(e.event));
   }
+  out->events.clear();  // drop the channel references now (the capacity stays)
 }
 
 }  // namespace

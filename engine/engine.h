@@ -44,6 +44,8 @@ struct EngineStats {
   double step_seconds_total = 0;     // whole engine steps (schedule + forward + sample + update)
   size_t state_bytes_per_slot = 0;
   size_t backend_memory_bytes = 0;  // Backend::memory_bytes_in_use()
+  GraphMemoryStats graphs;          // Backend::graph_memory() (CUDA graphs; zeros otherwise)
+  double warmup_seconds = 0;        // Start(): warm-up step + Backend::PrepareForServing
   bool ready = false;
 };
 

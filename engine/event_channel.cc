@@ -5,7 +5,7 @@
 namespace bms {
 
 void EventChannel::Push(GenerationEvent ev) {
-  std::function<void()> notify;
+  std::shared_ptr<const std::function<void()>> notify;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (abandoned_) return;  // nobody is listening
@@ -13,7 +13,7 @@ void EventChannel::Push(GenerationEvent ev) {
     notify = notify_;
   }
   cv_.notify_all();
-  if (notify) notify();
+  if (notify && *notify) (*notify)();
 }
 
 std::optional<GenerationEvent> EventChannel::Pop(std::chrono::milliseconds timeout) {
@@ -41,15 +41,15 @@ std::deque<GenerationEvent> EventChannel::DrainAll() {
 
 void EventChannel::SetNotifier(std::function<void()> notify) {
   bool pending;
-  std::function<void()> call;
+  std::shared_ptr<const std::function<void()>> call;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    notify_ = std::move(notify);
+    notify_ = notify ? std::make_shared<const std::function<void()>>(std::move(notify)) : nullptr;
     pending = !events_.empty();
     call = notify_;
   }
   // Events pushed before the notifier existed would otherwise never be announced.
-  if (pending && call) call();
+  if (pending && call) (*call)();
 }
 
 void EventChannel::Abandon() {

@@ -5,12 +5,13 @@
 // the engine nobody is listening, and the engine cancels the request.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
-#include <chrono>
 
 #include "engine/request.h"
 
@@ -39,7 +40,9 @@ class EventChannel {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<GenerationEvent> events_;
-  std::function<void()> notify_;
+  // Shared so that Push takes a reference instead of copying the function (a copy allocates
+  // when the callable is larger than std::function's inline buffer, once per event).
+  std::shared_ptr<const std::function<void()>> notify_;
   bool abandoned_ = false;
 };
 

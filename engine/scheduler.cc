@@ -23,6 +23,7 @@ bool Scheduler::RequestCancel(const std::string& request_id) {
   auto it = by_id_.find(request_id);
   if (it == by_id_.end()) return false;
   it->second->cancel_requested = true;
+  cancels_pending_ = true;
   return true;
 }
 
@@ -32,6 +33,7 @@ bool Scheduler::RequestCancelChoice(const std::string& request_id, int choice) {
     return false;
   }
   it->second->choices[choice].cancel_requested = true;
+  cancels_pending_ = true;
   return true;
 }
 
@@ -39,12 +41,14 @@ void Scheduler::PollAbandoned() {
   for (auto& [id, r] : by_id_) {
     if (!r->cancel_requested && r->channel != nullptr && r->channel->abandoned()) {
       r->cancel_requested = true;
+      cancels_pending_ = true;
     }
   }
 }
 
 void Scheduler::CancelAll() {
   for (auto& [id, r] : by_id_) r->cancel_requested = true;
+  cancels_pending_ = true;
 }
 
 SampleContext Scheduler::ContextFor(const RequestState& r, int choice) const {
@@ -85,14 +89,30 @@ void Scheduler::AddPromptChunk(RequestState* r, int budget, StepPlan* plan) {
 
 StepPlan Scheduler::Schedule(Clock::time_point now) {
   StepPlan plan;
+  Schedule(now, &plan);
+  return plan;
+}
+
+void Scheduler::Schedule(Clock::time_point now, StepPlan* out) {
+  StepPlan& plan = *out;
+  plan.tokens.clear();
+  plan.chunks.clear();
+  plan.seqs.clear();
+  plan.num_decode_tokens = 0;
+  plan.num_prefill_tokens = 0;
   int budget = options_.max_num_batched_tokens;
+  bool prompts_left = false;  // some admitted prompt still needs chunks
   // 1. One decode token for every unfinished choice of a fully prefilled request.
   for (auto& [key, r] : running_) {
     if (budget == 0) break;
-    if (r->cancel_requested || !r->prefill_done()) continue;
+    if (r->cancel_requested) continue;
+    if (!r->prefill_done()) {
+      prompts_left = true;
+      continue;
+    }
     for (ChoiceState& c : r->choices) {
       if (c.finish != FinishReason::kNone || c.cancel_requested || budget == 0) continue;
-      PlannedSeq seq;
+      PlannedSeq& seq = plan.seqs.emplace_back();
       seq.request = r.get();
       seq.choice = c.index;
       seq.chunk.slot = c.slot;
@@ -100,19 +120,19 @@ StepPlan Scheduler::Schedule(Clock::time_point now) {
       seq.chunk.n_tokens = 1;
       seq.chunk.first_chunk = false;
       seq.chunk.logits = LogitsMode::kLast;
-      seq.sample_choices = {c.index};
+      seq.sample_choices.push_back(c.index);
       plan.tokens.push_back(c.generated.back());
       plan.chunks.push_back(seq.chunk);
-      plan.seqs.push_back(std::move(seq));
       ++plan.num_decode_tokens;
       --budget;
     }
   }
-  // 2. Continue prompts already admitted.
-  for (auto& [key, r] : running_) {
-    if (budget == 0) break;
+  // 2. Continue prompts already admitted (when the budget ran out in 1., prompts_left may be
+  // false with prompts left; the loop would add nothing then anyway).
+  for (auto it = running_.begin(); prompts_left && budget > 0 && it != running_.end(); ++it) {
+    RequestState* r = it->second.get();
     if (r->cancel_requested || r->prefill_done()) continue;
-    AddPromptChunk(r.get(), budget, &plan);
+    AddPromptChunk(r, budget, &plan);
     budget -= plan.seqs.back().chunk.n_tokens;
   }
   // 3. Admit waiting requests in order while slots and budget last.
@@ -133,7 +153,6 @@ StepPlan Scheduler::Schedule(Clock::time_point now) {
     AddPromptChunk(r, budget, &plan);
     budget -= plan.seqs.back().chunk.n_tokens;
   }
-  return plan;
 }
 
 GenerationEvent Scheduler::NewEvent(const RequestState& r, const ChoiceState& c,
@@ -159,7 +178,7 @@ void Scheduler::FinishChoice(RequestState* r, ChoiceState* c, FinishReason reaso
     (void)released;
     c->slot = -1;
   }
-  --r->unfinished;
+  if (--r->unfinished == 0) finished_.push_back(r);
   ev->finish = reason;
   ev->stop_token = stop_token;
   // A fresh copy per event: absl::Status shares its payload by a reference count that lives in
@@ -185,7 +204,8 @@ void Scheduler::AppendToken(RequestState* r, int choice, const SampledToken& s,
   const SamplingParams& p = r->request.sampling;
   const int before = static_cast<int>(c.generated.size());
   c.generated.push_back(s.token);
-  ++c.counts[s.token];
+  if (p.repetition_penalty != 1.0f || p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f)
+    ++c.counts[s.token];
   ++out->generated_tokens;
   if (r->first_token_time == Clock::time_point{}) r->first_token_time = now;
   GenerationEvent ev = NewEvent(*r, c, now);
@@ -207,11 +227,22 @@ void Scheduler::AppendToken(RequestState* r, int choice, const SampledToken& s,
 UpdateOutput Scheduler::Update(const StepPlan& plan, const StepResult& result,
                                Clock::time_point now) {
   UpdateOutput out;
-  std::vector<RequestState*> touched;
+  Update(plan, result, now, &out);
+  return out;
+}
+
+void Scheduler::Update(const StepPlan& plan, const StepResult& result, Clock::time_point now,
+                       UpdateOutput* out_ptr) {
+  UpdateOutput& out = *out_ptr;
+  out.events.clear();
+  out.finished_ids.clear();
+  out.prompt_tokens = 0;
+  out.generated_tokens = 0;
+  out.events.reserve(plan.seqs.size());
+  finished_.clear();
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     const PlannedSeq& seq = plan.seqs[i];
     RequestState* r = seq.request;
-    touched.push_back(r);
     if (r->unfinished == 0) continue;
     if (!result.status.ok()) {
       FinishAll(r, FinishReason::kError, result.status, now, &out);
@@ -221,8 +252,7 @@ UpdateOutput Scheduler::Update(const StepPlan& plan, const StepResult& result,
       FinishAll(r, FinishReason::kError, result.seq_status[i], now, &out);
       continue;
     }
-    const std::vector<SampledToken>* sampled =
-        i < result.sampled.size() ? &result.sampled[i] : nullptr;
+    const auto* sampled = i < result.sampled.size() ? &result.sampled[i] : nullptr;
     if (sampled == nullptr || sampled->size() != seq.sample_choices.size()) {
       FinishAll(r, FinishReason::kError,
                 absl::InternalError("engine: missing sampled tokens for a scheduled sequence"), now,
@@ -237,31 +267,35 @@ UpdateOutput Scheduler::Update(const StepPlan& plan, const StepResult& result,
       AppendToken(r, seq.sample_choices[j], (*sampled)[j], now, &out);
     }
   }
-  // Cancellations (explicit, abandoned channels, shutdown) take effect now.
-  for (auto& [id, r] : by_id_) {
-    if (r->cancel_requested && r->unfinished > 0) {
-      FinishAll(r, FinishReason::kAbort, absl::OkStatus(), now, &out);
-      touched.push_back(r);
-    } else if (r->unfinished > 0 && r->prefill_done()) {
-      for (ChoiceState& c : r->choices) {
-        if (!c.cancel_requested || c.finish != FinishReason::kNone) continue;
-        GenerationEvent ev = NewEvent(*r, c, now);
-        FinishChoice(r, &c, FinishReason::kAbort, -1, absl::OkStatus(), now, &ev);
-        out.events.push_back({r->channel, std::move(ev)});
-        touched.push_back(r);
+  // Cancellations (explicit, abandoned channels, shutdown) take effect now. A choice cancel
+  // waits for its prompt's prefill, so it keeps the scan going until then.
+  if (cancels_pending_) {
+    cancels_pending_ = false;
+    for (auto& [id, r] : by_id_) {
+      if (r->cancel_requested && r->unfinished > 0) {
+        FinishAll(r, FinishReason::kAbort, absl::OkStatus(), now, &out);
+      } else if (r->unfinished > 0) {
+        for (ChoiceState& c : r->choices) {
+          if (!c.cancel_requested || c.finish != FinishReason::kNone) continue;
+          if (!r->prefill_done()) {
+            cancels_pending_ = true;
+            continue;
+          }
+          GenerationEvent ev = NewEvent(*r, c, now);
+          FinishChoice(r, &c, FinishReason::kAbort, -1, absl::OkStatus(), now, &ev);
+          out.events.push_back({r->channel, std::move(ev)});
+        }
       }
     }
   }
-  std::sort(touched.begin(), touched.end());
-  touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
-  for (RequestState* r : touched) {
-    if (r->unfinished > 0) continue;
+  // Requests whose last choice finished in this update (FinishChoice lists each once).
+  for (RequestState* r : finished_) {
     by_id_.erase(r->request.request_id);
     out.finished_ids.push_back(r->request.request_id);
     Queue& q = r->admitted ? running_ : waiting_;
     q.erase(KeyOf(*r));  // destroys r
   }
-  return out;
+  finished_.clear();
 }
 
 }  // namespace bms

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "engine/backend.h"
 #include "engine/event_channel.h"
@@ -40,7 +41,8 @@ struct ChoiceState {
   int index = 0;
   int slot = -1;                   // -1 until admitted, and again once finished
   std::vector<int32_t> generated;  // every sampled token, including a final stop token
-  TokenCounts counts;              // generated token -> count (penalties)
+  TokenCounts counts;              // generated token -> count; kept only when the request
+                                   // uses a penalty (the only reader), else empty
   FinishReason finish = FinishReason::kNone;
   bool cancel_requested = false;  // RequestCancelChoice: abort this choice only
 };
@@ -68,8 +70,9 @@ struct PlannedSeq {
   SeqChunk chunk;
   std::vector<int> fork_to;  // prompt's last chunk with n > 1: slots of choices 1..n-1
   // Choices to sample after the forward (in order): all of them after the prompt's last chunk,
-  // the decoding choice for a decode, none for an intermediate prompt chunk.
-  std::vector<int> sample_choices;
+  // the decoding choice for a decode, none for an intermediate prompt chunk. Inline: a decode
+  // step allocates nothing per sequence for it.
+  absl::InlinedVector<int, 1> sample_choices;
 };
 
 struct StepPlan {
@@ -84,9 +87,9 @@ struct StepPlan {
 
 // What the engine did with a plan.
 struct StepResult {
-  absl::Status status;                             // not ok: the whole step failed
-  std::vector<absl::Status> seq_status;            // [seqs] or empty: per-sequence failure
-  std::vector<std::vector<SampledToken>> sampled;  // [seqs][sample_choices]
+  absl::Status status;                   // not ok: the whole step failed
+  std::vector<absl::Status> seq_status;  // [seqs] or empty: per-sequence failure
+  std::vector<absl::InlinedVector<SampledToken, 1>> sampled;  // [seqs][sample_choices]
 };
 
 struct OutgoingEvent {
@@ -127,6 +130,11 @@ class Scheduler {
 
   StepPlan Schedule(Clock::time_point now);
   UpdateOutput Update(const StepPlan& plan, const StepResult& result, Clock::time_point now);
+  // The same, reusing the caller's plan / output (cleared first; their capacity is kept, so a
+  // steady decode step allocates little).
+  void Schedule(Clock::time_point now, StepPlan* plan);
+  void Update(const StepPlan& plan, const StepResult& result, Clock::time_point now,
+              UpdateOutput* out);
 
   bool HasWork() const { return !waiting_.empty() || !running_.empty(); }
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
@@ -158,6 +166,10 @@ class Scheduler {
   Queue waiting_;
   Queue running_;  // admitted (prefilling or decoding)
   absl::flat_hash_map<std::string, RequestState*> by_id_;
+  // Some request or choice is flagged for cancellation and not finished yet: Update scans
+  // by_id_ for them only then.
+  bool cancels_pending_ = false;
+  std::vector<RequestState*> finished_;  // Update scratch: requests whose last choice finished
 };
 
 }  // namespace bms

@@ -80,6 +80,15 @@ class FakeBackend : public Backend {
     return absl::OkStatus();
   }
 
+  // Records the engine's limits (start-up work of a real backend: CUDA graph capture).
+  absl::Status PrepareForServing(int max_decode_batch, int max_tokens_per_step) override {
+    ++prepare_calls;
+    prepare_forward_calls = forward_calls;
+    prepared_decode_batch = max_decode_batch;
+    prepared_tokens = max_tokens_per_step;
+    return prepare_status;
+  }
+
   absl::StatusOr<std::vector<float>> ReadState(int slot) override {
     if (slot < 0 || slot > num_slots_) return absl::InvalidArgumentError("bad slot");
     return std::vector<float>{static_cast<float>(state_[slot] >> 40)};
@@ -91,6 +100,11 @@ class FakeBackend : public Backend {
   int64_t forward_calls = 0;
   int64_t copies = 0;
   int64_t max_batch_tokens = 0;
+  int prepare_calls = 0;
+  int64_t prepare_forward_calls = -1;  // forward_calls when PrepareForServing ran
+  int prepared_decode_batch = 0;
+  int prepared_tokens = 0;
+  absl::Status prepare_status;  // what PrepareForServing returns
 
  private:
   float bias_for(int v) const { return v == biased_token ? bias : 0.f; }

@@ -54,6 +54,36 @@ void WaitIdle(Engine& e) {
   ADD_FAILURE() << "engine did not become idle";
 }
 
+// Start(): the warm-up step, then Backend::PrepareForServing with the engine's limits (largest
+// decode batch = min(slots, token budget); the token budget), once, before serving.
+TEST(Engine, WarmUpPreparesTheBackendWithTheEngineLimits) {
+  for (auto [slots, budget, want_batch] : {std::tuple{8, 16, 8}, {8, 5, 5}, {3, 2048, 3}}) {
+    Harness h = Make(slots, NoEos(budget));
+    EXPECT_EQ(h.backend->prepare_calls, 0);
+    ASSERT_TRUE(h.engine->Start().ok());
+    EXPECT_EQ(h.backend->prepare_calls, 1);
+    EXPECT_EQ(h.backend->prepare_forward_calls, 1);  // after the warm-up step
+    EXPECT_EQ(h.backend->prepared_decode_batch, want_batch) << slots << " slots, " << budget;
+    EXPECT_EQ(h.backend->prepared_tokens, budget);
+    EXPECT_GT(h.engine->Stats().warmup_seconds, 0.0);
+    auto ch = h.engine->Submit(Greedy({1, 2}, 2));
+    ASSERT_TRUE(ch.ok());
+    EXPECT_EQ(Collect(**ch, 1)[0].tokens.size(), 2u);
+    h.engine->Stop();
+    EXPECT_EQ(h.backend->prepare_calls, 1);  // never again while serving
+  }
+}
+
+TEST(Engine, StartFailsWhenPrepareForServingFails) {
+  Harness h = Make(4, NoEos());
+  h.backend->prepare_status = absl::ResourceExhaustedError("no memory for the graphs");
+  absl::Status s = h.engine->Start();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(), HasSubstr("no memory for the graphs"));
+  EXPECT_FALSE(h.engine->Stats().ready);
+  EXPECT_EQ(h.engine->Submit(Greedy({1}, 1)).status().code(), absl::StatusCode::kUnavailable);
+}
+
 TEST(Engine, ReadyOnlyAfterStartAndWarmUp) {
   Harness h = Make(4, NoEos());
   EXPECT_FALSE(h.engine->Stats().ready);

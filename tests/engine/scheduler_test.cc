@@ -129,7 +129,8 @@ TEST(Scheduler, ForkForNChoicesNeedsNSlots) {
   const PlannedSeq& seq = p2.seqs[0];
   EXPECT_EQ(seq.choice, -1);
   EXPECT_EQ(seq.fork_to.size(), 2u);
-  EXPECT_EQ(seq.sample_choices, (std::vector<int>{0, 1, 2}));
+  EXPECT_EQ(std::vector<int>(seq.sample_choices.begin(), seq.sample_choices.end()),
+            (std::vector<int>{0, 1, 2}));
   EXPECT_EQ(s.slots().num_used(), 3);
   StepResult r;
   r.sampled.push_back(
