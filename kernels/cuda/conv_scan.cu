@@ -19,24 +19,11 @@ constexpr int kScanChannels = 8;  // channels per block
 constexpr int kScanThreads = kScanState * kScanChannels;
 constexpr int kScanChunk = 32;  // time steps staged in shared memory at a time
 
-// The sequence that owns packed token t: the largest b with cu_seqlens[b] <= t.
-__device__ __forceinline__ int FindSeq(const int32_t* cu_seqlens, int batch, int t) {
-  int lo = 0, hi = batch - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (cu_seqlens[mid] <= t)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  return lo;
-}
-
 // Grid (packed token, channel group of kConvThreads). Reads the old window state only.
 template <typename T, typename S>
 __global__ void __launch_bounds__(kConvThreads) ConvOutKernel(CausalConv1dParams p) {
   const int t = blockIdx.x;
-  const int b = FindSeq(p.cu_seqlens, p.batch, t);
+  const int b = OwnerSeq(p.cu_seqlens, p.batch, t);
   const int start = p.cu_seqlens[b];
   const int pos = t - start;
   const int slot = p.slots[b];  // < 0: a padding row with no state (reads zeros)
@@ -181,6 +168,23 @@ bool LegacySeqKernelsFromEnv() {
   return legacy;
 }
 
+namespace {
+
+// The prefill scan kernel a call runs first (it falls back when the shape does not qualify):
+// the params' choice, else BMS_SCAN_PREFILL=parallel|chunked (read once), else kDefaultPrefill.
+ScanPrefillKernel PrefillKernel(const SelectiveScanParams& p) {
+  constexpr ScanPrefillKernel kDefaultPrefill = ScanPrefillKernel::kChunked;
+  static const ScanPrefillKernel from_env = [] {
+    const char* v = std::getenv("BMS_SCAN_PREFILL");
+    if (v != nullptr && std::strcmp(v, "parallel") == 0) return ScanPrefillKernel::kParallel;
+    if (v != nullptr && std::strcmp(v, "chunked") == 0) return ScanPrefillKernel::kChunked;
+    return kDefaultPrefill;
+  }();
+  return p.prefill_kernel != ScanPrefillKernel::kDefault ? p.prefill_kernel : from_env;
+}
+
+}  // namespace
+
 absl::Status CausalConv1dVarlen(const CausalConv1dParams& p_in, Stream stream) {
   CausalConv1dParams p = p_in;
   if (p.batch < 0 || p.n_tokens < 0 || p.d_inner <= 0 || p.d_conv < 2 || p.d_conv > 16 ||
@@ -229,7 +233,9 @@ absl::Status SelectiveScanVarlen(const SelectiveScanParams& p_in, Stream stream)
   if (p.out_stride == 0) p.out_stride = p.d_inner;
   if (p.ssm_state_slot_stride == 0) p.ssm_state_slot_stride = int64_t{p.d_inner} * p.d_state;
   if (!p.legacy && !LegacySeqKernelsFromEnv() &&
-      (LaunchScanUpdate(p, stream) || LaunchScanChunked(p, stream))) {
+      (LaunchScanUpdate(p, stream) ||
+       (PrefillKernel(p) == ScanPrefillKernel::kParallel && LaunchScanParallel(p, stream)) ||
+       LaunchScanChunked(p, stream))) {
     BMS_CUDA_CHECK_LAUNCH("SelectiveScanVarlen");
     return absl::OkStatus();
   }

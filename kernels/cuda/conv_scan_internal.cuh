@@ -39,6 +39,29 @@ __device__ __forceinline__ void StoreVec(T* dst, const float (&src)[N]) {
 
 inline bool SeqAligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
+constexpr float kLog2e = 1.4426950408889634f;
+
+// 2^x with the hardware approximation (2 ulp; results below 2^-126 flush to 0, harmless for a
+// decay factor): one MUFU op instead of exp2f's denormal handling.
+__device__ __forceinline__ float Exp2Ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// The sequence that owns packed token t: the largest b with cu_seqlens[b] <= t.
+__device__ __forceinline__ int OwnerSeq(const int32_t* cu_seqlens, int batch, int t) {
+  int lo = 0, hi = batch - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (cu_seqlens[mid] <= t)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
+
 // True when BMS_LEGACY_KERNELS=1 is set (read once): the previous conv / scan kernels run.
 bool LegacySeqKernelsFromEnv();
 
@@ -48,7 +71,11 @@ bool LaunchConvUpdate(const CausalConv1dParams& p, Stream stream);
 bool LaunchConvPrefillOut(const CausalConv1dParams& p, Stream stream);
 // Decode selective state update (p.n_tokens == p.batch).
 bool LaunchScanUpdate(const SelectiveScanParams& p, Stream stream);
-// Chunked time-parallel selective scan over the packed varlen batch.
+// Chunked time-parallel selective scan over the packed varlen batch (scan_prefill.cu; the
+// previous prefill kernel: 16 lanes x 8 tokens per channel, 8 channels per block).
 bool LaunchScanChunked(const SelectiveScanParams& p, Stream stream);
+// Prefill scan with a warp per channel (32 lanes x 4 / 8 tokens), the next chunk's loads in
+// flight during the scan (scan_parallel.cu). Needs d_inner % 8 == 0 and 8-byte aligned rows.
+bool LaunchScanParallel(const SelectiveScanParams& p, Stream stream);
 
 }  // namespace bms::cuda

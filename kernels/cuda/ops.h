@@ -132,10 +132,13 @@ absl::Status CausalConv1dVarlen(const CausalConv1dParams& p, Stream stream);
 // fused D skip and SiLU(z) gate; initial state from the slot (zeros for a first chunk), final
 // state to the slot. Decode is the 1-token-per-sequence case. d_state must be 16.
 // Kernels: n_tokens == batch (decode; exactly one token per sequence) runs the state-update
-// kernel (each slot's state read and written once with 16-byte accesses); otherwise the chunked
-// time-parallel scan (blocks of 128 tokens, a segmented scan over time per (channel, state),
-// the carry passed between chunks in registers). `legacy` or BMS_LEGACY_KERNELS=1 runs the
-// previous sequential kernel.
+// kernel (each slot's state read and written once with 16-byte accesses); otherwise a prefill
+// scan parallel in time (`prefill_kernel`: a warp per channel scanning chunks of 128 / 256
+// tokens, or the previous chunked kernel; the carry passed between chunks in registers).
+// `legacy` or BMS_LEGACY_KERNELS=1 runs the previous sequential kernel.
+// Prefill selective-scan kernels: kParallel = a warp per channel, 32 lanes along time
+// (kernels/cuda/scan_parallel.cu); kChunked = the previous chunked kernel (scan_prefill.cu).
+enum class ScanPrefillKernel { kDefault, kParallel, kChunked };
 struct SelectiveScanParams {
   int batch = 0;
   int n_tokens = 0;  // host-side cu_seqlens[batch]; 0 = unknown (never the decode kernel)
@@ -166,6 +169,9 @@ struct SelectiveScanParams {
   StateStorage ssm_state_dtype = StateStorage::kF32;
   int64_t ssm_state_slot_stride = 0;
   bool legacy = false;  // force the previous kernel
+  // Prefill (not decode) kernel: kDefault = BMS_SCAN_PREFILL (parallel | chunked) or the
+  // built-in choice; shapes a kernel does not support fall back to the next one.
+  ScanPrefillKernel prefill_kernel = ScanPrefillKernel::kDefault;
 };
 absl::Status SelectiveScanVarlen(const SelectiveScanParams& p, Stream stream);
 

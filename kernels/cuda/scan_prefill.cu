@@ -15,29 +15,6 @@
 namespace bms::cuda {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-
-// 2^x with the hardware approximation (2 ulp; results below 2^-126 flush to 0, harmless for a
-// decay factor): one MUFU op instead of exp2f's denormal handling.
-__device__ __forceinline__ float Exp2Ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// The sequence that owns packed token t: the largest b with cu_seqlens[b] <= t.
-__device__ __forceinline__ int OwnerSeq(const int32_t* cu_seqlens, int batch, int t) {
-  int lo = 0, hi = batch - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (cu_seqlens[mid] <= t)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  return lo;
-}
-
 // ---- Conv output: one thread per (8 channels, run of kCpTok tokens), sliding window in
 // registers, 16-byte loads and stores. d_conv == 4. The window state is read only. ----
 constexpr int kCpThreads = 128;

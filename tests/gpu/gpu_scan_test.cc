@@ -1,11 +1,14 @@
 // GPU tests (label gpu) of the Mamba sequence kernels behind CausalConv1dVarlen and
 // SelectiveScanVarlen: the decode kernels (conv window update, selective state update; chosen
-// when n_tokens == batch), the vectorized prefill conv and the chunked time-parallel scan, and
-// the legacy kernels kept for A/B, each against the CPU reference (kernels/ref) on fresh random
-// inputs with NaN-poisoned outputs. Cases: T < d_conv, T = 1, T = 4096, chunk boundaries
-// (128/129/130 tokens), mixed first / continuation chunks, zero-length sequences, scattered
-// non-contiguous slots and slot -1 padding rows (zeros in, nothing stored), d_inner with and
-// without the 8-channel vector alignment. Every slot outside the batch stays bit-identical.
+// when n_tokens == batch), the vectorized prefill conv, both prefill scans (the warp-per-channel
+// parallel scan, scan_parallel.cu, and the previous chunked scan, scan_prefill.cu), and the
+// legacy kernels kept for A/B, each against the CPU reference (kernels/ref) on fresh random
+// inputs with NaN-poisoned outputs. Cases: T < d_conv, T = 1, T = 4096, chunk boundaries +-1
+// of every scan tiling (128 and 256 tokens; the parallel scan's bf16 tiling depends on the mean
+// sequence length, so one batch of long and one of short sequences), ragged lengths in one call,
+// mixed first / continuation chunks, zero-length sequences, scattered non-contiguous slots and
+// slot -1 padding rows (zeros in, nothing stored), d_inner with and without the 8-channel vector
+// alignment. Every slot outside the batch stays bit-identical.
 #include <algorithm>
 #include <tuple>
 
@@ -28,22 +31,35 @@ constexpr int kW = 4;   // d_conv
 constexpr int kN = 16;  // d_state
 constexpr int kR = 8;   // dt_rank
 
-// Prefill: T = 1, T < d_conv continuations, a 4096-token first chunk, chunk boundaries, a
-// zero-length sequence, padding rows (one claiming state, which must be ignored).
-const std::vector<Seq> kPrefill = {{1, 3, 1},   {2, 7, 1},   {3, 0, 0},  {4096, 10, 0},
-                                   {130, 5, 1}, {0, 2, 1},   {1, -1, 1}, {129, 11, 0},
-                                   {37, -1, 0}, {128, 1, 1}, {5, 8, 1}};
+// Prefill: T = 1, T < d_conv continuations, a 4096-token first chunk, chunk boundaries (128 and
+// 256 +-1), a zero-length sequence, padding rows (one claiming state, which must be ignored).
+// Mean length ~480: the parallel scan runs 256-token chunks for bf16 (128 for fp32).
+const std::vector<Seq> kPrefill = {{1, 3, 1}, {2, 7, 1},   {3, 0, 0},    {4096, 10, 0}, {130, 5, 1},
+                                   {0, 2, 1}, {1, -1, 1},  {129, 11, 0}, {37, -1, 0},   {128, 1, 1},
+                                   {5, 8, 1}, {255, 4, 1}, {256, 6, 0},  {257, 9, 1}};
+// Short prompts (mean 75 tokens: the parallel scan's 128-token chunks for bf16 too): 128 +-1,
+// 256 - 1, T = 1, T < d_conv, a padding row, a zero-length sequence.
+const std::vector<Seq> kShortPrefill = {{127, 0, 1}, {128, 1, 0}, {129, 2, 1}, {1, 3, 0},
+                                        {2, 4, 1},   {3, -1, 1},  {64, 5, 1},  {0, 6, 1},
+                                        {255, 7, 0}, {40, 8, 1}};
 // Decode: one token each on scattered slots, a first token (no state), padding rows.
 const std::vector<Seq> kDecode = {{1, 9, 1}, {1, 2, 1}, {1, -1, 1}, {1, 6, 1},
                                   {1, 0, 0}, {1, 4, 1}, {1, -1, 0}, {1, 11, 1}};
 
-// (compute dtype, state storage, legacy kernels)
-class ScanKernelTest : public ::testing::TestWithParam<std::tuple<DType, StateStorage, bool>> {
+// Which kernels run: the defaults with the parallel prefill scan, the previous chunked prefill
+// scan, or the legacy kernels.
+enum class Kernels { kParallel, kChunked, kLegacy };
+
+// (compute dtype, state storage, kernels)
+class ScanKernelTest : public ::testing::TestWithParam<std::tuple<DType, StateStorage, Kernels>> {
  protected:
   void SetUp() override { BMS_SKIP_WITHOUT_GPU(); }
   DType dt() const { return std::get<0>(GetParam()); }
   StateStorage st() const { return std::get<1>(GetParam()); }
-  bool legacy() const { return std::get<2>(GetParam()); }
+  Kernels kernels() const { return std::get<2>(GetParam()); }
+  bool legacy() const { return kernels() == Kernels::kLegacy; }
+  // The chunked variant differs from the parallel one only in the prefill scan.
+  bool ScanPrefillOnly() const { return kernels() == Kernels::kChunked; }
   size_t Elem() const { return st() == StateStorage::kF32 ? 4 : 2; }
   std::vector<float> In(std::vector<float> v) const {
     return dt() == DType::kBF16 ? RoundBf16(std::move(v)) : v;
@@ -173,32 +189,35 @@ class ScanKernelTest : public ::testing::TestWithParam<std::tuple<DType, StateSt
     DevInts<uint8_t> dhas(k.has), dstate(state0);
     const int e = cuda::DTypeBytes(dt());
     char* dbc_base = static_cast<char*>(ddbc.get());
-    BMS_ASSERT_OK(cuda::SelectiveScanVarlen({.batch = k.B,
-                                             .n_tokens = T,
-                                             .d_inner = di,
-                                             .d_state = kN,
-                                             .n_slots = kSlots,
-                                             .dtype = dt(),
-                                             .cu_seqlens = dcu.get(),
-                                             .slots = dslots.get(),
-                                             .has_initial_state = dhas.get(),
-                                             .u = du.get(),
-                                             .delta = ddelta.get(),
-                                             .delta_bias = ddb.f32(),
-                                             .delta_softplus = true,
-                                             .A = dA.f32(),
-                                             .B = dbc_base + kR * e,
-                                             .B_stride = xdbl,
-                                             .C = dbc_base + (kR + kN) * e,
-                                             .C_stride = xdbl,
-                                             .D = dD.f32(),
-                                             .z = static_cast<char*>(dz.get()) + di * e,
-                                             .z_stride = 2 * di,
-                                             .out = dout.get(),
-                                             .ssm_state = dstate.get(),
-                                             .ssm_state_dtype = st(),
-                                             .legacy = legacy()},
-                                            nullptr));
+    BMS_ASSERT_OK(cuda::SelectiveScanVarlen(
+        {.batch = k.B,
+         .n_tokens = T,
+         .d_inner = di,
+         .d_state = kN,
+         .n_slots = kSlots,
+         .dtype = dt(),
+         .cu_seqlens = dcu.get(),
+         .slots = dslots.get(),
+         .has_initial_state = dhas.get(),
+         .u = du.get(),
+         .delta = ddelta.get(),
+         .delta_bias = ddb.f32(),
+         .delta_softplus = true,
+         .A = dA.f32(),
+         .B = dbc_base + kR * e,
+         .B_stride = xdbl,
+         .C = dbc_base + (kR + kN) * e,
+         .C_stride = xdbl,
+         .D = dD.f32(),
+         .z = static_cast<char*>(dz.get()) + di * e,
+         .z_stride = 2 * di,
+         .out = dout.get(),
+         .ssm_state = dstate.get(),
+         .ssm_state_dtype = st(),
+         .legacy = legacy(),
+         .prefill_kernel = kernels() == Kernels::kChunked ? cuda::ScanPrefillKernel::kChunked
+                                                          : cuda::ScanPrefillKernel::kParallel},
+        nullptr));
     std::vector<uint8_t> state = state0;
     state.resize(k.ref_slots_total * per * Elem(), 0);
     std::vector<float> want(T * di, 0.f);
@@ -231,12 +250,14 @@ class ScanKernelTest : public ::testing::TestWithParam<std::tuple<DType, StateSt
 
 // d_inner 320: the 16-byte vector paths; 300: tails and the scalar / legacy fallbacks.
 TEST_P(ScanKernelTest, ConvPrefillMixedBatch) {
+  if (ScanPrefillOnly()) GTEST_SKIP() << "same conv kernels as the parallel variant";
   for (int di : {320, 300}) {
     SCOPED_TRACE(testing::Message() << "d_inner=" << di);
     RunConv(kPrefill, di);
   }
 }
 TEST_P(ScanKernelTest, ConvDecodeScatteredSlots) {
+  if (ScanPrefillOnly()) GTEST_SKIP() << "same conv kernels as the parallel variant";
   for (int di : {320, 300}) {
     SCOPED_TRACE(testing::Message() << "d_inner=" << di);
     RunConv(kDecode, di);
@@ -248,23 +269,33 @@ TEST_P(ScanKernelTest, ScanPrefillMixedBatch) {
     RunScan(kPrefill, di);
   }
 }
+TEST_P(ScanKernelTest, ScanShortPrefillBatch) {
+  for (int di : {320, 300}) {
+    SCOPED_TRACE(testing::Message() << "d_inner=" << di);
+    RunScan(kShortPrefill, di);
+  }
+}
 TEST_P(ScanKernelTest, ScanDecodeScatteredSlots) {
+  if (ScanPrefillOnly()) GTEST_SKIP() << "same decode kernel as the parallel variant";
   for (int di : {320, 300}) {
     SCOPED_TRACE(testing::Message() << "d_inner=" << di);
     RunScan(kDecode, di);
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Kernels, ScanKernelTest,
-                         ::testing::Combine(::testing::Values(DType::kF32, DType::kBF16),
-                                            ::testing::Values(StateStorage::kF32,
-                                                              StateStorage::kBF16),
-                                            ::testing::Bool()),
-                         [](const auto& info) {
-                           return std::string(DTypeLabel(std::get<0>(info.param))) + "_state_" +
-                                  (std::get<1>(info.param) == StateStorage::kF32 ? "f32" : "bf16") +
-                                  (std::get<2>(info.param) ? "_legacy" : "_new");
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Kernels, ScanKernelTest,
+    ::testing::Combine(::testing::Values(DType::kF32, DType::kBF16),
+                       ::testing::Values(StateStorage::kF32, StateStorage::kBF16),
+                       ::testing::Values(Kernels::kParallel, Kernels::kChunked, Kernels::kLegacy)),
+    [](const auto& info) {
+      const Kernels k = std::get<2>(info.param);
+      return std::string(DTypeLabel(std::get<0>(info.param))) + "_state_" +
+             (std::get<1>(info.param) == StateStorage::kF32 ? "f32" : "bf16") +
+             (k == Kernels::kParallel  ? "_parallel"
+              : k == Kernels::kChunked ? "_chunked"
+                                       : "_legacy");
+    });
 
 }  // namespace
 }  // namespace bms::gpu_test

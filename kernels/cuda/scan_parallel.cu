@@ -1,0 +1,301 @@
+// Prefill selective scan that is parallel in time inside a warp and over channels across blocks
+// (kernels/cuda/ops.h SelectiveScanVarlen; picked by the dispatch in conv_scan.cu).
+//
+// Grid (d_inner / 8, batch): a block of 8 warps owns 8 channels of one sequence; warp w scans
+// channel c0 + w and its 32 lanes split each chunk of 32 * kItems tokens into runs of kItems
+// consecutive tokens (the structure of state-spaces/mamba's selective_scan_fwd, with the time
+// axis inside one warp). Per state n, a lane composes its run's pairs (a_t, b_t) =
+// (exp(dt_t * A[n]), dt_t * u_t * B_t[n]) into one (a, b) while it runs the recurrence from a
+// zero state (y_t += C_t[n] * h0_t, and keeps C_t[n] * prod a since the run's start), a 5-level
+// shuffle scan composes the lanes, the carry (the state at the chunk start, kept by lane n of
+// the warp: one register) gives every lane its start state h_s, and y_t += C_t[n] * prod a *
+// h_s completes h_t = h0_t + prod a * h_s. One exp per (token, channel, state), fp32 throughout.
+//
+// Staging: every thread owns whole 8-byte pieces of the chunk's rows (u, dt, z of the block's 8
+// channels; B and C). The u / dt pieces of chunk k + 1 are loaded into registers (z by cp.async
+// into shared memory) before chunk k is scanned (in flight during the scan), its B / C pieces
+// after the scan (in flight during the output), and all are written to shared memory, transposed to
+// [channel][token] / [state][token], once chunk k is done. dt gets bias + softplus there; the D
+// skip and the SiLU(z) gate are applied by the scanning lane; the output leaves as 8-byte row
+// pieces.
+#include "kernels/cuda/conv_scan_internal.cuh"
+#include "kernels/cuda/cuda_check.h"
+
+namespace bms::cuda {
+namespace {
+
+constexpr int kThreads = 256;  // 8 warps
+constexpr int kCh = 8;         // channels per block (one warp each)
+constexpr int kN = 16;         // d_state
+
+template <typename T, int kItems_>
+struct ParTile {
+  static constexpr int kItems = kItems_;  // tokens per lane
+  static constexpr int kChunk = 32 * kItems;
+  static constexpr int kRowF = kChunk + 4;                   // fp32 shared row (+16 B)
+  static constexpr int kRowT = kChunk + 16 / sizeof(T);      // T shared row (+16 B)
+  static constexpr int kPer = 8 / sizeof(T);                 // elements per 8-byte piece
+  static constexpr int kChPieces = kCh / kPer;               // pieces per row of 8 channels
+  static constexpr int kNPieces = kN / kPer;                 // pieces per row of 16 states
+  static constexpr int kUP = kChunk * kChPieces / kThreads;  // u / dt / z pieces per thread
+  static constexpr int kBP = kChunk * kNPieces / kThreads;   // B / C pieces per thread
+  static_assert(kChunk * kChPieces % kThreads == 0 && kUP >= 1, "whole pieces per thread");
+  static_assert(kItems % 4 == 0 || sizeof(T) == 4, "lane runs of whole 8-byte T vectors");
+};
+
+// Shared staging of one chunk: fp32 [channel][token] rows and raw T [state][token] rows.
+template <typename T, typename Tile>
+struct ParSmem {
+  float dt[kCh][Tile::kRowF];  // dt after bias + softplus (0 past the chunk)
+  float u[kCh][Tile::kRowF];
+  float g[kCh][Tile::kRowF];  // SiLU(z); the scanning lane overwrites it with the output
+  T B[kN][Tile::kRowT];
+  T C[kN][Tile::kRowT];
+  uint2 z[Tile::kChunk][Tile::kChPieces];  // raw z rows of the next chunk (cp.async)
+};
+
+// 8-byte asynchronous global -> shared copy (sm_80+), and the wait for all of a thread's copies.
+__device__ __forceinline__ void CpAsync8(void* smem, const void* gmem) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(gmem));
+}
+__device__ __forceinline__ void CpAsyncWaitAll() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+
+// N consecutive elements of a 16-byte aligned shared row, as fp32.
+template <typename T, int N>
+__device__ __forceinline__ void LoadRun(const T* src, float (&dst)[N]) {
+  if constexpr (N * sizeof(T) % 16 == 0) {
+    LoadVec<T, N>(src, dst);
+  } else {
+    static_assert(N * sizeof(T) == 8, "8-byte runs");
+    const uint2 raw = *reinterpret_cast<const uint2*>(src);
+    const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < N; ++i) dst[i] = ToF32(v[i]);
+  }
+}
+
+// softplus and SiLU with the fast exp / log / divide (~2 ulp; once per (token, channel), next
+// to 16 exps of the scan).
+__device__ __forceinline__ float FastSoftplus(float x) {
+  return x > 20.f ? x : __logf(1.f + __expf(x));
+}
+__device__ __forceinline__ float FastSilu(float x) { return __fdividef(x, 1.f + __expf(-x)); }
+
+template <typename T, typename S, typename Tile>
+__global__ void __launch_bounds__(kThreads, 3) ScanParallelKernel(SelectiveScanParams p) {
+  constexpr int kItems = Tile::kItems, kChunk = Tile::kChunk, kPer = Tile::kPer;
+  constexpr int kChPieces = Tile::kChPieces, kNPieces = Tile::kNPieces;
+  constexpr int kUP = Tile::kUP, kBP = Tile::kBP;
+  __shared__ __align__(16) ParSmem<T, Tile> sm;
+  const int tid = threadIdx.x, w = tid / 32, j = tid % 32;
+  const int c0 = blockIdx.x * kCh, c = c0 + w;
+  const int b = blockIdx.y;
+  const int start = p.cu_seqlens[b];
+  const int len = p.cu_seqlens[b + 1] - start;
+  if (len == 0) return;         // block-uniform
+  const int slot = p.slots[b];  // < 0: padding row (zeros in, nothing stored)
+  const bool init = slot >= 0 && p.has_initial_state && p.has_initial_state[b];
+  S* state = static_cast<S*>(p.ssm_state) + (slot >= 0 ? slot : 0) * p.ssm_state_slot_stride +
+             static_cast<int64_t>(c) * kN;
+  // Lane n < 16 keeps state n of channel c: the carry and A[c][n] * log2(e).
+  float carry = 0.f, a2_lane = 0.f;
+  if (j < kN) {
+    carry = init ? ToF32(state[j]) : 0.f;
+    a2_lane = p.A[static_cast<int64_t>(c) * kN + j] * kLog2e;
+  }
+  const float Dc = p.D ? p.D[c] : 0.f;
+
+  const T* U = static_cast<const T*>(p.u);
+  const T* Dt = static_cast<const T*>(p.delta);
+  const T* Z = static_cast<const T*>(p.z);
+  const T* Bg = static_cast<const T*>(p.B);
+  const T* Cg = static_cast<const T*>(p.C);
+  T* Out = static_cast<T*>(p.out);
+  // Piece k of the u / dt / z rows: row tid / kChPieces + k * rows_per_k, channels sub * kPer..;
+  // piece k of the B / C rows likewise with kNPieces. The channel sub-block is fixed per thread.
+  constexpr int kURows = kThreads / kChPieces, kBRows = kThreads / kNPieces;
+  const int u_row = tid / kChPieces, u_sub = tid % kChPieces;
+  const int b_row = tid / kNPieces, b_sub = tid % kNPieces;
+  uint2 pu[kUP], pd[kUP], pb[kBP], pc[kBP];
+  auto prefetch_udz = [&](int t0) {
+    const int n_chunk = min(kChunk, len - t0);
+#pragma unroll
+    for (int k = 0; k < kUP; ++k) {
+      const int r = u_row + k * kURows;
+      pu[k] = pd[k] = make_uint2(0, 0);
+      if (r < n_chunk) {
+        const int64_t row = start + t0 + r;
+        const int ch = c0 + u_sub * kPer;
+        pu[k] = *reinterpret_cast<const uint2*>(U + row * p.u_stride + ch);
+        pd[k] = *reinterpret_cast<const uint2*>(Dt + row * p.delta_stride + ch);
+        if (Z) CpAsync8(&sm.z[r][u_sub], Z + row * p.z_stride + ch);  // this thread reads it
+      }
+    }
+  };
+  auto prefetch_bc = [&](int t0) {
+    const int n_chunk = min(kChunk, len - t0);
+#pragma unroll
+    for (int k = 0; k < kBP; ++k) {
+      const int r = b_row + k * kBRows;
+      pb[k] = pc[k] = make_uint2(0, 0);
+      if (r < n_chunk) {
+        const int64_t row = start + t0 + r;
+        pb[k] = *reinterpret_cast<const uint2*>(Bg + row * p.B_stride + b_sub * kPer);
+        pc[k] = *reinterpret_cast<const uint2*>(Cg + row * p.C_stride + b_sub * kPer);
+      }
+    }
+  };
+  auto stage = [&](int t0) {
+    const int n_chunk = min(kChunk, len - t0);
+#pragma unroll
+    for (int k = 0; k < kUP; ++k) {
+      const int r = u_row + k * kURows;
+      const T* uv = reinterpret_cast<const T*>(&pu[k]);
+      const T* dv = reinterpret_cast<const T*>(&pd[k]);
+      const T* zv = reinterpret_cast<const T*>(&sm.z[r][u_sub]);
+#pragma unroll
+      for (int e = 0; e < kPer; ++e) {
+        const int lc = u_sub * kPer + e;
+        float dt = 0.f;  // past the chunk: dt = 0 (a = 1, b = 0: identity steps)
+        if (r < n_chunk) {
+          dt = ToF32(dv[e]) + (p.delta_bias ? p.delta_bias[c0 + lc] : 0.f);
+          if (p.delta_softplus) dt = FastSoftplus(dt);
+        }
+        sm.dt[lc][r] = dt;
+        sm.u[lc][r] = ToF32(uv[e]);
+        sm.g[lc][r] = Z && r < n_chunk ? FastSilu(ToF32(zv[e])) : 1.f;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kBP; ++k) {
+      const int r = b_row + k * kBRows;
+      const T* bv = reinterpret_cast<const T*>(&pb[k]);
+      const T* cv = reinterpret_cast<const T*>(&pc[k]);
+#pragma unroll
+      for (int e = 0; e < kPer; ++e) {
+        sm.B[b_sub * kPer + e][r] = bv[e];
+        sm.C[b_sub * kPer + e][r] = cv[e];
+      }
+    }
+  };
+
+  prefetch_udz(0);
+  prefetch_bc(0);
+  for (int t0 = 0; t0 < len; t0 += kChunk) {
+    const int n_chunk = min(kChunk, len - t0);
+    const bool more = t0 + kChunk < len;
+    CpAsyncWaitAll();  // this thread's z pieces of the chunk have landed
+    __syncthreads();   // the previous chunk's scan and output no longer read shared memory
+    stage(t0);
+    __syncthreads();
+    // The next chunk's u / dt / z rows (DRAM) are in flight during this chunk's scan; its B / C
+    // rows (small, L2-resident: every block of the sequence reads them) during the output.
+    if (more) prefetch_udz(t0 + kChunk);
+    const int i0 = j * kItems;
+    float dtv[kItems], duv[kItems], y[kItems];
+    LoadRun<float, kItems>(&sm.dt[w][i0], dtv);
+    LoadRun<float, kItems>(&sm.u[w][i0], duv);
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      y[i] = Dc * duv[i];  // D skip
+      duv[i] *= dtv[i];
+    }
+#pragma unroll 1
+    for (int n = 0; n < kN; ++n) {
+      const float a2 = __shfl_sync(0xffffffffu, a2_lane, n);
+      const float cin = __shfl_sync(0xffffffffu, carry, n);
+      float bv[kItems], cv[kItems], q[kItems];
+      LoadRun<T, kItems>(&sm.B[n][i0], bv);
+      LoadRun<T, kItems>(&sm.C[n][i0], cv);
+      // The run from a zero state: h0 (y gets C * h0) and the decay product P since the run's
+      // start; y later gets C * P * h_start (q = C * P) once the start state is known.
+      float ap = 1.f, bp = 0.f;
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) {
+        const float a = Exp2Ftz(dtv[i] * a2);
+        bp = fmaf(a, bp, bv[i] * duv[i]);
+        ap *= a;
+        y[i] = fmaf(cv[i], bp, y[i]);
+        q[i] = cv[i] * ap;
+      }
+      // Inclusive scan over the 32 lanes (earlier lanes first): (ao, bo) then (ap, bp).
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const float ao = __shfl_up_sync(0xffffffffu, ap, off);
+        const float bo = __shfl_up_sync(0xffffffffu, bp, off);
+        if (j >= off) {
+          bp = fmaf(ap, bo, bp);
+          ap *= ao;
+        }
+      }
+      const float h_end = fmaf(ap, cin, bp);  // the state after this lane's run
+      float h = __shfl_up_sync(0xffffffffu, h_end, 1);
+      if (j == 0) h = cin;
+      const float next = __shfl_sync(0xffffffffu, h_end, 31);
+      if (j == n) carry = next;
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) y[i] = fmaf(q[i], h, y[i]);
+    }
+    float g[kItems];
+    LoadRun<float, kItems>(&sm.g[w][i0], g);
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) sm.g[w][i0 + i] = y[i] * g[i];
+    if (more) prefetch_bc(t0 + kChunk);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kUP; ++k) {
+      const int r = u_row + k * kURows;
+      if (r >= n_chunk) continue;
+      uint2 raw;
+      T* v = reinterpret_cast<T*>(&raw);
+#pragma unroll
+      for (int e = 0; e < kPer; ++e) v[e] = FromF32<T>(sm.g[u_sub * kPer + e][r]);
+      *reinterpret_cast<uint2*>(Out + (start + t0 + r) * static_cast<int64_t>(p.out_stride) + c0 +
+                                u_sub * kPer) = raw;
+    }
+  }
+  if (slot >= 0 && j < kN) state[j] = FromF32<S>(carry);
+}
+
+template <typename T, typename S, int kItems>
+void Launch(const SelectiveScanParams& p, Stream stream) {
+  ScanParallelKernel<T, S, ParTile<T, kItems>>
+      <<<dim3(p.d_inner / kCh, p.batch), kThreads, 0, stream>>>(p);
+}
+
+bool Aligned8(const void* ptr, int64_t stride, size_t elem) {
+  return (reinterpret_cast<uintptr_t>(ptr) & 7) == 0 && (stride * elem) % 8 == 0;
+}
+
+}  // namespace
+
+bool LaunchScanParallel(const SelectiveScanParams& p, Stream stream) {
+  const size_t e = p.dtype == DType::kBF16 ? 2 : 4;
+  if (p.d_state != kN || p.d_inner % kCh != 0 || !Aligned8(p.u, p.u_stride, e) ||
+      !Aligned8(p.delta, p.delta_stride, e) || !Aligned8(p.B, p.B_stride, e) ||
+      !Aligned8(p.C, p.C_stride, e) || !Aligned8(p.out, p.out_stride, e) ||
+      (p.z && !Aligned8(p.z, p.z_stride, e)))
+    return false;
+  // Lane runs of 8 tokens (chunks of 256) when the sequences are long on average, else 4
+  // (chunks of 128: short sequences leave fewer lanes idle). fp32 activations: 4 (the
+  // prefetched pieces of a chunk are twice as many registers).
+  const bool long_seqs = p.n_tokens <= 0 || p.n_tokens >= 192 * p.batch;
+  DispatchState(p.ssm_state_dtype, [&](auto s) {
+    using S = decltype(s);
+    if (p.dtype == DType::kBF16) {
+      if (long_seqs)
+        Launch<bf16, S, 8>(p, stream);
+      else
+        Launch<bf16, S, 4>(p, stream);
+    } else {
+      Launch<float, S, 4>(p, stream);
+    }
+    return 0;
+  });
+  return true;
+}
+
+}  // namespace bms::cuda
