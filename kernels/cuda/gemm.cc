@@ -4,6 +4,11 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_check.h"
 
@@ -98,9 +103,33 @@ absl::StatusOr<GemmRunner::Plan*> GemmRunner::GetPlan(const LinearParams& p, int
   return raw;
 }
 
+namespace {
+std::atomic<int> g_stream_rows{-1};  // -1: not yet read from BMS_GEMV_STREAM
+}  // namespace
+
+int StreamLinearMaxRows() {
+  int v = g_stream_rows.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* env = std::getenv("BMS_GEMV_STREAM");
+    v = env == nullptr               ? 1
+        : std::strcmp(env, "0") == 0 ? 0
+        : std::strcmp(env, "1") == 0 ? kSmallMMaxRows
+                                     : 1;
+    g_stream_rows.store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
+void SetStreamLinearMaxRows(int rows) { g_stream_rows.store(std::max(rows, 0)); }
+
 absl::Status GemmRunner::Linear(const LinearParams& p, Stream stream) {
-  if (!LegacyKernels() && p.x && p.w && p.y && SmallMLinearSupported(p))
-    return SmallMLinear(p, stream);
+  if (LegacyKernels() || !p.x || !p.w || !p.y) return LinearCublas(p, stream);
+  // Small weights (x_proj, dt_proj) stay on SmallMLinear unless BMS_GEMV_STREAM=1 forces the
+  // streaming kernel for every supported shape.
+  const bool small = SmallMLinearSupported(p);
+  const int stream_rows = StreamLinearMaxRows();
+  if (p.m <= stream_rows && (!small || stream_rows >= kSmallMMaxRows) && StreamLinearSupported(p))
+    return StreamLinear(p, stream);
+  if (small) return SmallMLinear(p, stream);
   return LinearCublas(p, stream);
 }
 

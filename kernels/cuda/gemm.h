@@ -38,6 +38,21 @@ inline constexpr int64_t kSmallMMaxWeightBytes = 4 << 20;
 bool SmallMLinearSupported(const LinearParams& p);
 absl::Status SmallMLinear(const LinearParams& p, Stream stream);
 
+// Weight-streaming small-M path (kernels/cuda/grouped_gemv_stream.cu): bf16 in (bf16 or fp32
+// out), m <= kSmallMMaxRows, k % 8 == 0, x row stride % 8 == 0, 16-byte aligned x and w; any
+// weight size. Two adjacent columns per warp (k optionally split over 2-4 warps of a block,
+// reduced in a fixed order), a persistent grid, 16-byte no-L1 loads: made for in_proj, out_proj
+// and the LM head at decode. GemmRunner::Linear prefers it for m <= StreamLinearMaxRows() and
+// weights too big for SmallMLinear.
+bool StreamLinearSupported(const LinearParams& p);
+absl::Status StreamLinear(const LinearParams& p, Stream stream);
+// Rows up to which GemmRunner::Linear uses StreamLinear: 1 by default (H100: at m = 1 it matched
+// or beat cuBLASLt on in_proj / out_proj / LM head; at m = 8 its FMA path is slower), read once
+// from BMS_GEMV_STREAM (0 = never, 1 = every m <= kSmallMMaxRows); the setter is for tests and
+// benchmarks. Process-wide.
+int StreamLinearMaxRows();
+void SetStreamLinearMaxRows(int rows);
+
 class GemmRunner {
  public:
   static absl::StatusOr<std::unique_ptr<GemmRunner>> Create(size_t workspace_bytes = 32 << 20);
@@ -45,7 +60,8 @@ class GemmRunner {
   GemmRunner(const GemmRunner&) = delete;
   GemmRunner& operator=(const GemmRunner&) = delete;
 
-  // Enqueues the product on `stream`. m == 0 is a no-op. Small m goes to SmallMLinear.
+  // Enqueues the product on `stream`. m == 0 is a no-op. Small m goes to StreamLinear (when
+  // enabled and supported) or SmallMLinear.
   absl::Status Linear(const LinearParams& p, Stream stream);
   // Always cuBLASLt (tests compare the two paths).
   absl::Status LinearCublas(const LinearParams& p, Stream stream);

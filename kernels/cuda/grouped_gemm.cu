@@ -16,6 +16,12 @@
 #include "kernels/cuda/grouped_gemm_internal.cuh"
 
 namespace bms::cuda {
+
+// Weight-streaming GEMV variants for 1..~16 rows per expert (grouped_gemv_stream.cu), bf16 with
+// k % 8 == 0 and 16-byte aligned rows. Index i in [0, StreamVariantCount()).
+int StreamVariantCount();
+const char* StreamVariantName(int i);
+absl::Status LaunchStreamVariant(int i, const GroupedGemmParams& p, Stream stream);
 namespace {
 
 using grouped::CpAsync16;
@@ -328,6 +334,9 @@ constexpr int kVariantMma = 0, kVariantGemv = 1, kFirstTiled = 2;
 // The wgmma variants follow the tiled ones.
 int FirstWgmma() { return kFirstTiled + TiledVariantCount(); }
 bool IsWgmma(int v) { return v >= FirstWgmma() && v < FirstWgmma() + WgmmaVariantCount(); }
+// The weight-streaming GEMV variants (grouped_gemv_stream.cu) follow the wgmma ones.
+int FirstStream() { return FirstWgmma() + WgmmaVariantCount(); }
+bool IsStream(int v) { return v >= FirstStream() && v < FirstStream() + StreamVariantCount(); }
 
 bool IsVec(const GroupedGemmParams& p) {
   return p.k % 8 == 0 && p.lda % 8 == 0 && reinterpret_cast<uintptr_t>(p.a) % 16 == 0 &&
@@ -359,6 +368,7 @@ absl::Status LaunchLegacy(const GroupedGemmParams& p, bool vec, bool gemv, Strea
 // p validated and defaulted, n_rows > 0, variant in range.
 absl::Status RunVariant(const GroupedGemmParams& p, int variant, Stream stream) {
   const bool vec = IsVec(p), fast = p.dtype == DType::kBF16 && vec;
+  if (fast && IsStream(variant)) return LaunchStreamVariant(variant - FirstStream(), p, stream);
   if (fast && IsWgmma(variant)) {
     if (WgmmaSupported()) return LaunchWgmmaVariant(variant - FirstWgmma(), p, stream);
     variant = GroupedGemmHeuristicVariant(p);  // not a Hopper GPU: the size rule's choice
@@ -390,12 +400,13 @@ absl::Status Normalize(GroupedGemmParams* p) {
 
 }  // namespace
 
-int GroupedGemmVariantCount() { return FirstWgmma() + WgmmaVariantCount(); }
+int GroupedGemmVariantCount() { return FirstStream() + StreamVariantCount(); }
 
 const char* GroupedGemmVariantName(int v) {
   if (v == kVariantMma) return "mma64";
   if (v == kVariantGemv) return "gemv";
   if (IsWgmma(v)) return WgmmaVariantName(v - FirstWgmma());
+  if (IsStream(v)) return StreamVariantName(v - FirstStream());
   if (v >= kFirstTiled && v < GroupedGemmVariantCount()) return TiledVariantName(v - kFirstTiled);
   return "?";
 }
@@ -526,7 +537,9 @@ struct GroupedGemmTuner::Impl {
       // at <= 8 rows.
       // wgmma tiles (64 / 128 rows): timed from 32 rows unless BMS_GROUPED_WGMMA=0.
       if (IsWgmma(v) && (!WgmmaTunerEnabled() || q.n_rows < 32)) continue;
-      if (v >= kFirstTiled && !IsWgmma(v)) {
+      // Streaming GEMV variants: FMA bound beyond ~16 rows per expert.
+      if (IsStream(v) && q.n_rows > 16 * q.n_experts) continue;
+      if (v >= kFirstTiled && !IsWgmma(v) && !IsStream(v)) {
         const int tile_rows = TiledVariantRowsPerTile(v - kFirstTiled);
         if ((tile_rows <= 16 && q.n_rows > 256) || (tile_rows >= 64 && q.n_rows <= 8)) continue;
       }

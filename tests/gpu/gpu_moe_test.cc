@@ -4,7 +4,9 @@
 // empty experts, one token, 8192 tokens, ragged counts; every kernel variant (the Hopper wgmma
 // ones included: elsewhere they fall back to the size rule's choice).
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
 #include <tuple>
 #include <utility>
@@ -124,6 +126,13 @@ TEST_P(MoeTest, GroupedExpertsMatchReference) {
       {"ragged", 300, 264, 97, true, ref::Activation::kGelu, true},
       {"uniform", 40, 1472, 392, true, ref::Activation::kGelu, false},
       {"one_expert", 24, 1472, 392, true, ref::Activation::kSilu, true},
+      // Streaming GEMV variants (sgemv_*): 16 rows per expert (several row passes over weights
+      // kept in registers), one-row fc2 with k > 2048 (16 vectors per lane), gated fc1 with
+      // k > 2048 (two k chunks per pass), one row of the 2.8b d_model.
+      {"uniform", 128, 256, 520, true, ref::Activation::kGelu, true},
+      {"one_expert", 3, 64, 2056, false, ref::Activation::kSilu, true},
+      {"ragged", 20, 2056, 64, true, ref::Activation::kGelu, false},
+      {"one_expert", 1, 1472, 200, true, ref::Activation::kGelu, true},
       // Several 64/128-row tiles per expert over a long k with a partial last k tile (fc2
       // k = 264) and a partial last column tile: the wgmma pipeline and its swizzled layout.
       {"ragged", 400, 1472, 264, true, ref::Activation::kSilu, true},
@@ -230,6 +239,68 @@ TEST_P(MoeTest, GroupedExpertsMatchReference) {
     const std::string described = tuner.Describe();
     EXPECT_NE(described.find("rows<="), std::string::npos) << described;
     std::printf("[ tuner ]\n%s", described.c_str());
+  }
+}
+
+// Every variant twice on the same operands (outputs poisoned before each run): bit-identical
+// (fixed-order reductions, no atomics), at 1 row, 16 rows per expert and ragged decode counts.
+TEST_P(MoeTest, GroupedGemmIsDeterministic) {
+  if (dt() != DType::kBF16) GTEST_SKIP() << "bf16 variants only";
+  std::mt19937_64 rng(TestSeed());
+  const int e = 8, d = 1472, f = 392;
+  for (auto [kind, n] : {std::pair{std::string("uniform"), 1}, std::pair{std::string("uniform"), 128},
+                         std::pair{std::string("ragged"), 13}}) {
+    const auto x = In(RandomVector(rng, n * d, -1, 1));
+    const auto fc1 = In(RandomVector(rng, e * 2 * f * d, -0.03, 0.03));
+    const auto fc2 = In(RandomVector(rng, e * d * f, -0.05, 0.05));
+    const auto scale = RandomVector(rng, n, 0.1, 1.0);
+    DevArray dx(x, dt()), dfc1(fc1, dt()), dfc2(fc2, dt()), dscale(scale, DType::kF32);
+    DevInts<int32_t> dexpert(Routing(kind, n, e, rng)), doffsets(e + 1), dperm(n);
+    BMS_ASSERT_OK(cuda::MoeGroup({.n_tokens = n,
+                                  .n_experts = e,
+                                  .expert = dexpert.get(),
+                                  .expert_offsets = doffsets.get(),
+                                  .permutation = dperm.get()},
+                                 nullptr));
+    for (int v = 0; v < cuda::GroupedGemmVariantCount(); ++v) {
+      SCOPED_TRACE(testing::Message() << kind << " n=" << n << " variant "
+                                      << cuda::GroupedGemmVariantName(v));
+      std::vector<float> runs[2];
+      for (auto& run : runs) {
+        DevArray dact(n * f, dt()), dout(n * d, dt());
+        BMS_ASSERT_OK(cuda::GroupedGemm({.n_rows = n,
+                                         .n_experts = e,
+                                         .n = f,
+                                         .k = d,
+                                         .dtype = dt(),
+                                         .epilogue = cuda::GroupedEpilogue::kGatedAct,
+                                         .expert_offsets = doffsets.get(),
+                                         .a = dx.get(),
+                                         .a_rows = dperm.get(),
+                                         .w = dfc1.get(),
+                                         .out = dact.get(),
+                                         .variant = v},
+                                        nullptr));
+        BMS_ASSERT_OK(cuda::GroupedGemm({.n_rows = n,
+                                         .n_experts = e,
+                                         .n = d,
+                                         .k = f,
+                                         .dtype = dt(),
+                                         .epilogue = cuda::GroupedEpilogue::kScaleScatter,
+                                         .expert_offsets = doffsets.get(),
+                                         .a = dact.get(),
+                                         .w = dfc2.get(),
+                                         .scale = dscale.f32(),
+                                         .out_rows = dperm.get(),
+                                         .out = dout.get(),
+                                         .variant = v},
+                                        nullptr));
+        run = dout.Get();
+      }
+      ASSERT_EQ(runs[0].size(), runs[1].size());
+      EXPECT_EQ(std::memcmp(runs[0].data(), runs[1].data(), runs[0].size() * sizeof(float)), 0);
+      for (float val : runs[0]) ASSERT_FALSE(std::isnan(val));
+    }
   }
 }
 

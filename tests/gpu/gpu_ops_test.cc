@@ -3,6 +3,8 @@
 // < 1e-5 in fp32, < 1e-2 in bf16; state slots outside the batch stay bit-identical. Without a
 // GPU every test skips with the reason.
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <memory>
 #include <tuple>
 
@@ -165,6 +167,91 @@ TEST_P(OpsTest, LinearWithStridesMatchesReference) {
     EXPECT_LT(NormalizedError(g, wv),
               Tolerance(out_dt == DType::kF32 && dt() == DType::kF32 ? DType::kF32 : DType::kBF16))
         << "m=" << m << " n=" << n << " k=" << k;
+  }
+}
+
+// The weight-streaming small-M Linear (StreamLinear, bf16 in) at m = 1..8: the 2.8b in_proj,
+// out_proj and LM head shapes and odd ones (odd n, k > 2048, padded strides, fp32 out), against
+// the CPU reference; columns past n in a padded output row stay poisoned; two runs bit-identical;
+// GemmRunner::Linear routes to it when enabled.
+TEST_P(OpsTest, StreamLinearMatchesReference) {
+  if (dt() != DType::kBF16) {
+    EXPECT_FALSE(cuda::StreamLinearSupported({.m = 1, .n = 8, .k = 8, .in_dtype = dt()}));
+    GTEST_SKIP() << "bf16 only";
+  }
+  EXPECT_FALSE(cuda::StreamLinearSupported({.m = 9, .n = 8, .k = 8, .in_dtype = dt()}));
+  EXPECT_FALSE(cuda::StreamLinearSupported({.m = 1, .n = 8, .k = 92, .in_dtype = dt()}));
+  std::mt19937_64 rng(TestSeed());
+  auto gemm = cuda::GemmRunner::Create();
+  ASSERT_TRUE(gemm.ok()) << gemm.status();
+  struct Shape {
+    int n, k, xs, ys;
+    bool f32_out;
+    std::vector<int> ms;
+  };
+  const std::vector<Shape> shapes = {
+      {5888, 1472, 1472, 5888, false, {1, 2, 3, 4, 5, 6, 7, 8}},  // in_proj
+      {1472, 2944, 2944, 1472, false, {1, 2, 3, 4, 5, 6, 7, 8}},  // out_proj
+      {50304, 1472, 1472, 50304, true, {1, 8}},                   // LM head (fp32 logits)
+      {37, 8, 16, 40, false, {1, 5, 8}},
+      {1, 2056, 2064, 3, true, {1, 7}},
+      {301, 2056, 2056, 301, false, {2, 8}},
+      {124, 2944, 2952, 124, true, {1, 3}},
+  };
+  for (const Shape& sh : shapes) {
+    const auto w = In(RandomVector(rng, static_cast<size_t>(sh.n) * sh.k, -1, 1));
+    DevArray dw(w, dt());
+    for (const int m : sh.ms) {
+      SCOPED_TRACE(testing::Message() << "m=" << m << " n=" << sh.n << " k=" << sh.k);
+      const auto x = In(RandomVector(rng, m * sh.xs, -1, 1));
+      const DType out_dt = sh.f32_out ? DType::kF32 : dt();
+      DevArray dx(x, dt());
+      std::vector<float> runs[2];
+      for (int run = 0; run < 2; ++run) {
+        DevArray dy(static_cast<size_t>(m) * sh.ys, out_dt);
+        const cuda::LinearParams lp{.m = m,
+                                    .n = sh.n,
+                                    .k = sh.k,
+                                    .in_dtype = dt(),
+                                    .out_dtype = out_dt,
+                                    .x = dx.get(),
+                                    .x_stride = sh.xs,
+                                    .w = dw.get(),
+                                    .y = dy.get(),
+                                    .y_stride = sh.ys};
+        ASSERT_TRUE(cuda::StreamLinearSupported(lp));
+        if (run == 0) {
+          BMS_ASSERT_OK(cuda::StreamLinear(lp, nullptr));
+        } else {
+          const int saved = cuda::StreamLinearMaxRows();
+          cuda::SetStreamLinearMaxRows(cuda::kSmallMMaxRows);
+          const absl::Status s = (*gemm)->Linear(lp, nullptr);
+          cuda::SetStreamLinearMaxRows(saved);
+          BMS_ASSERT_OK(s);
+        }
+        runs[run] = dy.Get();
+      }
+      EXPECT_EQ(std::memcmp(runs[0].data(), runs[1].data(), runs[0].size() * sizeof(float)), 0);
+      std::vector<float> want(static_cast<size_t>(m) * sh.ys, 0.f);
+      BMS_ASSERT_OK(ref::Linear({.m = m,
+                                 .n = sh.n,
+                                 .k = sh.k,
+                                 .x = x.data(),
+                                 .x_stride = sh.xs,
+                                 .w = w.data(),
+                                 .y = want.data(),
+                                 .y_stride = sh.ys}));
+      std::vector<float> g, wv;
+      for (int i = 0; i < m; ++i) {
+        for (int j = 0; j < sh.n; ++j) {
+          g.push_back(runs[0][static_cast<size_t>(i) * sh.ys + j]);
+          wv.push_back(want[static_cast<size_t>(i) * sh.ys + j]);
+        }
+        for (int j = sh.n; j < sh.ys; ++j)
+          EXPECT_TRUE(std::isnan(runs[0][static_cast<size_t>(i) * sh.ys + j])) << "col " << j;
+      }
+      EXPECT_LT(NormalizedError(g, wv), Tolerance(DType::kBF16));
+    }
   }
 }
 

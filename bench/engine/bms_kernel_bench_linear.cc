@@ -1,0 +1,214 @@
+// bms_kernel_bench_linear: GPU micro-benchmark of the dense small-M Linear (kernels/cuda/gemm.h)
+// at the blackmamba-2.8b decode shapes (in_proj [5888, 1472], out_proj [1472, 2944], LM head
+// [50304, 1472] with fp32 logits; bf16 weights), m = 1 and 8 rows. Per shape and path (cuBLASLt,
+// the weight-streaming StreamLinear, and the older SmallMLinear where it applies) it prints the
+// median time of --reps calls (rotating over weight sets larger than L2, so every call streams
+// its weights from DRAM), the bytes floor (weights + activations at the measured copy
+// bandwidth), achieved TB/s and floor / measured, and the error of each path against cuBLASLt.
+//   bms_kernel_bench_linear [--rows=1,8] [--reps=30]
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "kernels/cuda/device_memory.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/ops.h"
+
+namespace bms {
+namespace {
+
+using cuda::DeviceBuffer;
+using cuda::DType;
+
+uint16_t ToBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+float FromBf16(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+#define BENCH_CHECK(expr)                                                                   \
+  do {                                                                                      \
+    const absl::Status bench_s_ = (expr);                                                   \
+    if (!bench_s_.ok()) {                                                                   \
+      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, bench_s_.ToString().c_str()); \
+      return 1;                                                                             \
+    }                                                                                       \
+  } while (0)
+
+absl::StatusOr<DeviceBuffer> RandomBf16(size_t n, float scale, std::mt19937_64& rng) {
+  auto buf = DeviceBuffer::Alloc(n * 2, "bench");
+  if (!buf.ok()) return buf.status();
+  constexpr size_t kChunk = 1 << 22;
+  std::vector<uint16_t> h(std::min(n, kChunk));
+  std::uniform_real_distribution<float> u(-scale, scale);
+  for (auto& v : h) v = ToBf16(u(rng));
+  for (size_t off = 0; off < n; off += kChunk) {
+    const size_t len = std::min(kChunk, n - off);
+    if (absl::Status s = cuda::CopyToDevice(buf->as<uint16_t>() + off, h.data(), len * 2); !s.ok())
+      return s;
+  }
+  return buf;
+}
+
+float Median(std::vector<float> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Output values as floats (bf16 or fp32 storage).
+std::vector<float> Fetch(const DeviceBuffer& y, size_t n, bool f32) {
+  std::vector<float> out(n);
+  if (f32) {
+    (void)cuda::CopyToHost(out.data(), y.get(), n * 4);
+  } else {
+    std::vector<uint16_t> h(n);
+    (void)cuda::CopyToHost(h.data(), y.get(), n * 2);
+    for (size_t i = 0; i < n; ++i) out[i] = FromBf16(h[i]);
+  }
+  return out;
+}
+
+int Main(int argc, char** argv) {
+  std::vector<int> rows_list = {1, 8};
+  int reps = 30;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind("--rows=", 0) == 0) {
+      rows_list.clear();
+      for (absl::string_view part : absl::StrSplit(a.substr(7), ',')) {
+        int r = 0;
+        if (!absl::SimpleAtoi(part, &r) || r <= 0) {
+          std::fprintf(stderr, "--rows: bad value '%s'\n", std::string(part).c_str());
+          return 2;
+        }
+        rows_list.push_back(r);
+      }
+    } else if (a.rfind("--reps=", 0) == 0) {
+      if (!absl::SimpleAtoi(a.substr(7), &reps) || reps <= 0)
+        return std::fprintf(stderr, "--reps: bad value\n"), 2;
+    } else {
+      std::fprintf(stderr,
+                   "usage: bms_kernel_bench_linear [--rows=1,8] [--reps=30]\n"
+                   "unknown flag '%s'\n",
+                   a.c_str());
+      return 2;
+    }
+  }
+  std::string why;
+  if (!cuda::DeviceAvailable(&why)) {
+    std::fprintf(stderr, "no CUDA device: %s\n", why.c_str());
+    return 1;
+  }
+  std::printf("device: %s\n", cuda::DeviceDescription().c_str());
+  std::mt19937_64 rng(1234);
+  double bw = 0;
+  {
+    const size_t bytes = size_t{1} << 30;
+    auto src = DeviceBuffer::Alloc(bytes, "bw src"), dst = DeviceBuffer::Alloc(bytes, "bw dst");
+    BENCH_CHECK(src.status());
+    BENCH_CHECK(dst.status());
+    BENCH_CHECK(cuda::FillBytes(src->get(), 1, bytes));
+    auto t = cuda::TimeOnStream(
+        [&] { return cuda::CopyDeviceToDevice(dst->get(), src->get(), bytes); }, 7, nullptr);
+    BENCH_CHECK(t.status());
+    bw = 2.0 * bytes / (Median(*t) * 1e-6);
+  }
+  std::printf("measured copy bandwidth %.2f TB/s (floors below use it)\n", bw / 1e12);
+  auto gemm = cuda::GemmRunner::Create();
+  BENCH_CHECK(gemm.status());
+
+  struct Shape {
+    const char* name;
+    int n, k;
+    bool f32_out;
+  };
+  const Shape shapes[] = {
+      {"in_proj", 5888, 1472, false}, {"out_proj", 1472, 2944, false}, {"head", 50304, 1472, true}};
+  std::printf("\n%-9s %3s %-9s %9s %9s %7s %7s %8s\n", "shape", "m", "path", "us", "floor_us",
+              "TB/s", "floor%", "err");
+  for (const Shape& sh : shapes) {
+    const size_t w_elems = size_t{1} * sh.n * sh.k;
+    // Enough weight sets that the rotation never finds its weights in L2 (>= 150 MB in all).
+    const int sets = static_cast<int>(std::max<size_t>(2, (size_t{150} << 20) / (w_elems * 2) + 1));
+    std::vector<DeviceBuffer> w;
+    for (int s = 0; s < sets; ++s) {
+      auto b = RandomBf16(w_elems, 1.f / std::sqrt(float(sh.k)), rng);
+      BENCH_CHECK(b.status());
+      w.push_back(std::move(*b));
+    }
+    for (const int m : rows_list) {
+      auto x = RandomBf16(size_t(m) * sh.k, 1.f, rng);
+      auto y = DeviceBuffer::Alloc(size_t(m) * sh.n * 4, "y");
+      BENCH_CHECK(x.status());
+      BENCH_CHECK(y.status());
+      auto params = [&](int set) {
+        return cuda::LinearParams{.m = m,
+                                  .n = sh.n,
+                                  .k = sh.k,
+                                  .in_dtype = DType::kBF16,
+                                  .out_dtype = sh.f32_out ? DType::kF32 : DType::kBF16,
+                                  .x = x->get(),
+                                  .w = w[set].get(),
+                                  .y = y->get()};
+      };
+      const double bytes =
+          double(w_elems) * 2 + double(m) * sh.k * 2 + double(m) * sh.n * (sh.f32_out ? 4 : 2);
+      const double floor_us = bytes / bw * 1e6;
+      std::vector<float> ref;
+      for (const char* path : {"cublaslt", "stream", "smallm"}) {
+        auto run = [&](int set) -> absl::Status {
+          const cuda::LinearParams lp = params(set);
+          if (std::strcmp(path, "cublaslt") == 0) return (*gemm)->LinearCublas(lp, nullptr);
+          if (std::strcmp(path, "stream") == 0) return cuda::StreamLinear(lp, nullptr);
+          return cuda::SmallMLinear(lp, nullptr);
+        };
+        if (std::strcmp(path, "stream") == 0 && !cuda::StreamLinearSupported(params(0))) continue;
+        if (std::strcmp(path, "smallm") == 0 && !cuda::SmallMLinearSupported(params(0))) continue;
+        BENCH_CHECK(run(0));
+        BENCH_CHECK(cuda::SynchronizeStream(nullptr));
+        const std::vector<float> got = Fetch(*y, size_t(m) * sh.n, sh.f32_out);
+        double err = 0;
+        if (ref.empty()) {
+          ref = got;
+        } else {
+          double num = 0, den = 0;
+          for (size_t i = 0; i < got.size(); ++i) {
+            const double d = double(got[i]) - ref[i];
+            num += std::isnan(d) ? 1e30 : d * d;
+            den += double(ref[i]) * ref[i];
+          }
+          err = std::sqrt(num / std::max(den, 1e-30));
+        }
+        int call = 0;
+        auto t = cuda::TimeOnStream([&] { return run(1 + (call++) % (sets - 1)); }, reps, nullptr);
+        BENCH_CHECK(t.status());
+        const double us = Median(*t);
+        std::printf("%-9s %3d %-9s %9.1f %9.1f %7.2f %6.0f%% %8.1e\n", sh.name, m, path, us,
+                    floor_us, bytes / (us * 1e-6) / 1e12, 100.0 * floor_us / us, err);
+      }
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace bms
+
+int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  return bms::Main(argc, argv);
+}
