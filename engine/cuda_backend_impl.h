@@ -100,6 +100,7 @@ class CudaBackendImpl : public CudaBackend {
     void* xc = nullptr;              // [T, d_inner]
     void* dbc = nullptr;             // [T, dt_rank + 2*d_state]
     void* dt = nullptr;              // [T, d_inner]
+    float* mamba_partials = nullptr;  // decode x_proj partial sums (MambaDecodeConvXProj)
     void* y = nullptr;               // [T, d_inner]
     float* router_logits = nullptr;  // [T, n_experts]
     int32_t* expert = nullptr;       // [T]

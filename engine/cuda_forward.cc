@@ -74,6 +74,10 @@ absl::Status CudaBackendImpl::EnsureWorkspace(int tokens, int logit_rows) {
   add(&w.xc, T * di * e);
   add(&w.dbc, T * xdbl * e);
   add(&w.dt, T * di * e);
+  add(reinterpret_cast<void**>(&w.mamba_partials),
+      cuda::MambaDecodePartialFloats(std::min<int>(tokens, cuda::MambaDecodePartialMaxBatch()),
+                                     static_cast<int>(di), static_cast<int>(xdbl)) *
+          4);
   add(&w.y, T * di * e);
   add(reinterpret_cast<void**>(&w.router_logits), T * c.n_experts * 4);
   add(reinterpret_cast<void**>(&w.expert), T * 4);
@@ -294,70 +298,109 @@ absl::Status CudaBackendImpl::MambaForward(const MambaLayer& l, int T, int S) {
                                     stream_));
   if (l.in_proj_bias)
     BMS_RETURN_IF_ERROR(cuda::AddBias(T, 2 * di, dtype_, ws_.xz, 0, l.in_proj_bias, stream_));
-  BMS_RETURN_IF_ERROR(cuda::CausalConv1dVarlen({.batch = S,
-                                                .n_tokens = T,
-                                                .d_inner = di,
-                                                .d_conv = c.d_conv,
-                                                .n_slots = num_slots_ + 1,
-                                                .dtype = dtype_,
-                                                .cu_seqlens = d_cu_seqlens_,
-                                                .slots = d_slots_,
-                                                .has_initial_state = d_has_state_,
-                                                .x = ws_.xz,
-                                                .x_stride = 2 * di,
-                                                .weight = l.conv_weight,
-                                                .bias = l.conv_bias,
-                                                .silu = true,
-                                                .out = ws_.xc,
-                                                .conv_state = l.conv_state,
-                                                .conv_state_dtype = st},
-                                               stream_));
-  // [T, dt_rank + 2*d_state] = dt_low | B | C
-  BMS_RETURN_IF_ERROR(gemm_->Linear({.m = T,
-                                     .n = xdbl,
-                                     .k = di,
-                                     .in_dtype = dtype_,
-                                     .out_dtype = dtype_,
-                                     .x = ws_.xc,
-                                     .w = l.x_proj,
-                                     .y = ws_.dbc},
-                                    stream_));
-  // [T, d_inner] dt before bias and softplus
-  BMS_RETURN_IF_ERROR(gemm_->Linear({.m = T,
-                                     .n = di,
-                                     .k = r,
-                                     .in_dtype = dtype_,
-                                     .out_dtype = dtype_,
-                                     .x = ws_.dbc,
-                                     .x_stride = xdbl,
-                                     .w = l.dt_proj,
-                                     .y = ws_.dt},
-                                    stream_));
-  BMS_RETURN_IF_ERROR(cuda::SelectiveScanVarlen({.batch = S,
-                                                 .n_tokens = T,  // T == S: decode kernel
-                                                 .d_inner = di,
-                                                 .d_state = n,
-                                                 .n_slots = num_slots_ + 1,
-                                                 .dtype = dtype_,
-                                                 .cu_seqlens = d_cu_seqlens_,
-                                                 .slots = d_slots_,
-                                                 .has_initial_state = d_has_state_,
-                                                 .u = ws_.xc,
-                                                 .delta = ws_.dt,
-                                                 .delta_bias = l.dt_bias,
-                                                 .delta_softplus = true,
-                                                 .A = l.A,
-                                                 .B = dbc + static_cast<size_t>(r) * e,
-                                                 .B_stride = xdbl,
-                                                 .C = dbc + static_cast<size_t>(r + n) * e,
-                                                 .C_stride = xdbl,
-                                                 .D = l.D,
-                                                 .z = xz + static_cast<size_t>(di) * e,
-                                                 .z_stride = 2 * di,
-                                                 .out = ws_.y,
-                                                 .ssm_state = l.ssm_state,
-                                                 .ssm_state_dtype = st},
-                                                stream_));
+  // Decode (one token per sequence): the fused mixer (kernels/cuda/mamba_decode_fused.cu).
+  // Small batches: conv + x_proj partial sums, then reduce + dt_proj + scan (two kernels);
+  // larger ones: conv update, x_proj GEMM, then dt_proj + scan in one kernel.
+  const cuda::MambaDecodeParams md{.batch = S,
+                                   .d_inner = di,
+                                   .d_conv = c.d_conv,
+                                   .d_state = n,
+                                   .dt_rank = r,
+                                   .dtype = dtype_,
+                                   .slots = d_slots_,
+                                   .has_initial_state = d_has_state_,
+                                   .xz = ws_.xz,
+                                   .conv_weight = l.conv_weight,
+                                   .conv_bias = l.conv_bias,
+                                   .conv_state = l.conv_state,
+                                   .conv_state_dtype = st,
+                                   .x_proj = l.x_proj,
+                                   .dt_proj = l.dt_proj,
+                                   .dt_bias = l.dt_bias,
+                                   .A = l.A,
+                                   .D = l.D,
+                                   .ssm_state = l.ssm_state,
+                                   .ssm_state_dtype = st,
+                                   .xc = ws_.xc,
+                                   .out = ws_.y};
+  const bool fused = T == S && cuda::MambaDecodeFusedEnabled() && cuda::MambaDecodeSupported(md);
+  if (fused && T <= cuda::MambaDecodePartialMaxBatch()) {
+    cuda::MambaDecodeParams mp = md;
+    mp.partials = ws_.mamba_partials;
+    BMS_RETURN_IF_ERROR(cuda::MambaDecodeConvXProj(mp, stream_));
+    BMS_RETURN_IF_ERROR(cuda::MambaDecodeScan(mp, stream_));
+  } else {
+    BMS_RETURN_IF_ERROR(cuda::CausalConv1dVarlen({.batch = S,
+                                                  .n_tokens = T,
+                                                  .d_inner = di,
+                                                  .d_conv = c.d_conv,
+                                                  .n_slots = num_slots_ + 1,
+                                                  .dtype = dtype_,
+                                                  .cu_seqlens = d_cu_seqlens_,
+                                                  .slots = d_slots_,
+                                                  .has_initial_state = d_has_state_,
+                                                  .x = ws_.xz,
+                                                  .x_stride = 2 * di,
+                                                  .weight = l.conv_weight,
+                                                  .bias = l.conv_bias,
+                                                  .silu = true,
+                                                  .out = ws_.xc,
+                                                  .conv_state = l.conv_state,
+                                                  .conv_state_dtype = st},
+                                                 stream_));
+    // [T, dt_rank + 2*d_state] = dt_low | B | C
+    BMS_RETURN_IF_ERROR(gemm_->Linear({.m = T,
+                                       .n = xdbl,
+                                       .k = di,
+                                       .in_dtype = dtype_,
+                                       .out_dtype = dtype_,
+                                       .x = ws_.xc,
+                                       .w = l.x_proj,
+                                       .y = ws_.dbc},
+                                      stream_));
+    if (fused) {
+      cuda::MambaDecodeParams mp = md;
+      mp.dbc = ws_.dbc;
+      BMS_RETURN_IF_ERROR(cuda::MambaDecodeScan(mp, stream_));
+    } else {
+      // [T, d_inner] dt before bias and softplus
+      BMS_RETURN_IF_ERROR(gemm_->Linear({.m = T,
+                                         .n = di,
+                                         .k = r,
+                                         .in_dtype = dtype_,
+                                         .out_dtype = dtype_,
+                                         .x = ws_.dbc,
+                                         .x_stride = xdbl,
+                                         .w = l.dt_proj,
+                                         .y = ws_.dt},
+                                        stream_));
+      BMS_RETURN_IF_ERROR(cuda::SelectiveScanVarlen({.batch = S,
+                                                     .n_tokens = T,  // T == S: decode kernel
+                                                     .d_inner = di,
+                                                     .d_state = n,
+                                                     .n_slots = num_slots_ + 1,
+                                                     .dtype = dtype_,
+                                                     .cu_seqlens = d_cu_seqlens_,
+                                                     .slots = d_slots_,
+                                                     .has_initial_state = d_has_state_,
+                                                     .u = ws_.xc,
+                                                     .delta = ws_.dt,
+                                                     .delta_bias = l.dt_bias,
+                                                     .delta_softplus = true,
+                                                     .A = l.A,
+                                                     .B = dbc + static_cast<size_t>(r) * e,
+                                                     .B_stride = xdbl,
+                                                     .C = dbc + static_cast<size_t>(r + n) * e,
+                                                     .C_stride = xdbl,
+                                                     .D = l.D,
+                                                     .z = xz + static_cast<size_t>(di) * e,
+                                                     .z_stride = 2 * di,
+                                                     .out = ws_.y,
+                                                     .ssm_state = l.ssm_state,
+                                                     .ssm_state_dtype = st},
+                                                    stream_));
+    }
+  }
   BMS_RETURN_IF_ERROR(gemm_->Linear({.m = T,
                                      .n = d,
                                      .k = di,

@@ -8,6 +8,7 @@
 // Launchers do not synchronize; they never allocate. Not thread-safe per stream.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -174,6 +175,60 @@ struct SelectiveScanParams {
   ScanPrefillKernel prefill_kernel = ScanPrefillKernel::kDefault;
 };
 absl::Status SelectiveScanVarlen(const SelectiveScanParams& p, Stream stream);
+
+// Decode Mamba mixer between in_proj and out_proj, one token per sequence (rows = batch), in two
+// kernels (kernels/cuda/mamba_decode_fused.cu), same math as CausalConv1dVarlen + x_proj GEMM +
+// dt_proj GEMM + SelectiveScanVarlen with activations rounded to dtype where those store them:
+//   xc = SiLU(conv1d window update of x + conv_bias)        conv_state[slot] read/written once
+//   dbc = xc @ x_proj^T                                     [batch, dt_rank + 2*d_state]
+//   dt = softplus(dbc[:, :dt_rank] @ dt_proj^T + dt_bias)
+//   out = (selective state update . C + D * xc) * SiLU(z)   ssm_state[slot] read/written once
+// MambaDecodeConvXProj: conv + x_proj as fp32 partial sums per 64-channel block into `partials`
+// ([MambaDecodePartialBlocks(d_inner), batch, xdbl]). MambaDecodeScan: the fixed-order sum of
+// `partials` when non-null, else the x_proj output rows `dbc` (e.g. from a GEMM after
+// CausalConv1dVarlen wrote xc), then dt_proj, softplus, the state update, D skip and gate.
+// Slots < 0: no state (zeros in, nothing stored). Deterministic. MambaDecodeSupported says
+// whether a shape qualifies (d_conv 4, d_state 16, d_inner % 64 == 0, dt_rank <= 128, 16-byte
+// aligned rows / weights / states).
+struct MambaDecodeParams {
+  int batch = 0;
+  int d_inner = 0;
+  int d_conv = 0;
+  int d_state = 0;
+  int dt_rank = 0;
+  DType dtype = DType::kF32;                   // of xz, xc, dbc, out and the projections
+  const int32_t* slots = nullptr;              // [batch]
+  const uint8_t* has_initial_state = nullptr;  // [batch]; null = all zeros
+  const void* xz = nullptr;                    // [batch, 2*d_inner] = x | z, row stride xz_stride
+  int64_t xz_stride = 0;                       // 0 = 2 * d_inner
+  const float* conv_weight = nullptr;          // [d_inner, d_conv]
+  const float* conv_bias = nullptr;            // [d_inner] or null
+  void* conv_state = nullptr;                  // [n_slots, d_inner, d_conv - 1]
+  StateStorage conv_state_dtype = StateStorage::kF32;
+  int64_t conv_state_slot_stride = 0;  // 0 = d_inner * (d_conv - 1)
+  const void* x_proj = nullptr;        // [dt_rank + 2*d_state, d_inner]
+  const void* dt_proj = nullptr;       // [d_inner, dt_rank]
+  const float* dt_bias = nullptr;      // [d_inner] or null
+  const float* A = nullptr;            // [d_inner, d_state]
+  const float* D = nullptr;            // [d_inner] or null
+  void* ssm_state = nullptr;           // [n_slots, d_inner, d_state]
+  StateStorage ssm_state_dtype = StateStorage::kF32;
+  int64_t ssm_state_slot_stride = 0;  // 0 = d_inner * d_state
+  void* xc = nullptr;                 // [batch, d_inner] conv output (written by ConvXProj)
+  float* partials = nullptr;          // [MambaDecodePartialFloats(batch, ...)] or null
+  const void* dbc = nullptr;          // [batch, dt_rank + 2*d_state] (when partials is null)
+  void* out = nullptr;                // [batch, d_inner]
+};
+bool MambaDecodeSupported(const MambaDecodeParams& p);
+int MambaDecodePartialBlocks(int d_inner);
+size_t MambaDecodePartialFloats(int batch, int d_inner, int xdbl);
+absl::Status MambaDecodeConvXProj(const MambaDecodeParams& p, Stream stream);
+absl::Status MambaDecodeScan(const MambaDecodeParams& p, Stream stream);
+// Whether the backend runs the fused decode mixer (BMS_MAMBA_DECODE_FUSED=0 or
+// BMS_LEGACY_KERNELS=1 turn it off; read once) and the largest batch that uses the partial-sum
+// x_proj (BMS_MAMBA_PARTIAL_MAX, default 16; larger batches run x_proj as a GEMM).
+bool MambaDecodeFusedEnabled();
+int MambaDecodePartialMaxBatch();
 
 // Router selection from router GEMM output: p = sigmoid(logits + bias); expert = argmax p
 // (first index on ties); scale = p[expert]. Also adds the per-expert token counts to
