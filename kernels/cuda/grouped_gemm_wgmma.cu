@@ -24,35 +24,46 @@ using grouped::CpAsync16L2;
 using grouped::CpAsyncCommit;
 using grouped::CpAsyncWait;
 
-// kWG consumer warpgroups along M (64 rows each), kBN weight rows per tile, kStages ring slots.
-template <int kWG_, int kBN_, int kStages_>
+// kWG consumer warpgroups along M (64 rows each), kBN weight rows per tile, kStages ring slots,
+// kBK k per slot: 64 (128-byte rows, 128-byte swizzle) or 32 (64-byte rows, 64-byte swizzle:
+// half the bytes per slot, so about twice the slots in flight in the same shared memory).
+template <int kWG_, int kBN_, int kStages_, int kBK_ = 64>
 struct WgCfg {
-  static constexpr int kWG = kWG_, kBN = kBN_, kStages = kStages_;
+  static constexpr int kWG = kWG_, kBN = kBN_, kStages = kStages_, kBK = kBK_;
   static constexpr int kBM = 64 * kWG;
-  static constexpr int kBK = 64;  // bf16: one 128-byte swizzle row
+  static constexpr int kRowBytes = kBK * 2;          // one swizzle row per tile row
+  static constexpr int kChunks = kBK / 8;            // 16-byte chunks per tile row
+  static constexpr int kSbo = 8 * kRowBytes;         // 8-row group stride (descriptor)
+  static constexpr int kLayout = kBK == 64 ? 1 : 2;  // descriptor swizzle: 128 B or 64 B
   static constexpr int kThreads = 128 * kWG;
   static constexpr int kABytes = kBM * kBK * 2, kBBytes = kBN * kBK * 2;
   static constexpr int kStageBytes = kABytes + kBBytes;
   static constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + 1024-byte alignment slack
   static_assert(kStages >= 3 && kBN % 16 == 0 && kStageBytes % 1024 == 0);
+  static_assert((kBK == 64 || kBK == 32) && kChunks * 16 == kRowBytes && kSbo == 8 * kRowBytes &&
+                kLayout + kBK / 32 == 3);
 };
 
 // The device helpers exist for the sm_90a pass (and the host pass) only.
 #if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
-// Byte offset of 16-byte chunk c (0..7) of tile row r in the 128-byte swizzled layout (tile
-// base 1024-byte aligned): chunk index XOR (row % 8), as the tensor cores expect.
+// Byte offset of 16-byte chunk c of tile row r in the swizzled layout of kRowBytes-wide rows
+// (tile base 1024-byte aligned): address bits [4, 4 + log2(kRowBytes / 16)) XOR bits [7, ...),
+// i.e. chunk XOR (row % 8) for 128-byte rows, chunk XOR ((row / 2) % 4) for 64-byte rows.
+template <int kRowBytes>
 __device__ __forceinline__ uint32_t Swz(int r, int c) {
-  return static_cast<uint32_t>(r * 128 + ((c ^ (r & 7)) << 4));
+  const uint32_t off = static_cast<uint32_t>(r * kRowBytes + c * 16);
+  return off ^ (((off >> 7) & (kRowBytes / 16 - 1)) << 4);
 }
 
-// wgmma shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes
-// apart (stride byte offset); the leading byte offset is unused for this layout.
+// wgmma shared-memory matrix descriptor: K-major, swizzled (kLayout 1: 128 B, 2: 64 B), 8-row
+// groups kSbo bytes apart (stride byte offset); the leading byte offset is unused for these.
+template <int kSbo, int kLayout>
 __device__ __forceinline__ uint64_t Desc(uint32_t smem_addr) {
   uint64_t d = (smem_addr & 0x3FFFFu) >> 4;
   d |= uint64_t{1} << 16;
-  d |= uint64_t{1024 >> 4} << 32;
-  d |= uint64_t{1} << 62;
+  d |= uint64_t{kSbo >> 4} << 32;
+  d |= uint64_t{kLayout} << 62;
   return d;
 }
 
@@ -83,6 +94,25 @@ template <int kN>
 __device__ __forceinline__ void FenceAcc(float* d) {
 #pragma unroll
   for (int i = 0; i < kN; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// d += A[64 x 16] * B[64 x 16]^T, both from shared memory (descriptors).
+__device__ __forceinline__ void Wgmma64(float* d, uint64_t da, uint64_t db) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(1));
+#endif
 }
 
 // d += A[64 x 16] * B[128 x 16]^T, both from shared memory (descriptors).
@@ -185,7 +215,9 @@ __device__ __forceinline__ void Wgmma256(float* d, uint64_t da, uint64_t db) {
 
 template <int kN>
 __device__ __forceinline__ void Wgmma(float* d, uint64_t da, uint64_t db) {
-  if constexpr (kN == 128)
+  if constexpr (kN == 64)
+    Wgmma64(d, da, db);
+  else if constexpr (kN == 128)
     Wgmma128(d, da, db);
   else if constexpr (kN == 192)
     Wgmma192(d, da, db);
@@ -201,10 +233,11 @@ __global__ void __launch_bounds__(C::kThreads, 1) GroupedGemmWgmmaKernel(Grouped
   constexpr int kHalves = kEpi == GroupedEpilogue::kGatedAct ? 2 : 1;
   constexpr int kBNc = C::kBN / kHalves;  // output columns per tile
   constexpr int kStages = C::kStages, kThreads = C::kThreads;
-  constexpr int kAIter = C::kBM * 8 / kThreads;  // 16-byte chunks per thread per stage
-  constexpr int kBIter = C::kBN * 8 / kThreads;
+  constexpr int kCh = C::kChunks, kRowsPass = kThreads / kCh;  // tile rows per copy pass
+  constexpr int kAIter = C::kBM * kCh / kThreads;  // 16-byte chunks per thread per stage
+  constexpr int kBIter = C::kBN * kCh / kThreads;
   constexpr int kAcc = C::kBN / 2;  // fp32 accumulators per thread (64 x kBN per warpgroup)
-  static_assert(C::kBM * 8 % kThreads == 0 && C::kBN * 8 % kThreads == 0 && kBNc % 8 == 0);
+  static_assert(C::kBM * kCh % kThreads == 0 && C::kBN * kCh % kThreads == 0 && kBNc % 8 == 0);
   extern __shared__ unsigned char smem_raw[];
   const uint32_t smem_base =
       (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023u) & ~1023u;
@@ -215,23 +248,23 @@ __global__ void __launch_bounds__(C::kThreads, 1) GroupedGemmWgmmaKernel(Grouped
   if (tile.expert < 0) return;
   const int n0 = blockIdx.x * kBNc;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wg = warp / 4;
-  const int chunk = tid % 8;  // the 16-byte k chunk this thread copies (kThreads % 8 == 0)
+  const int chunk = tid % kCh;  // the 16-byte k chunk this thread copies
   const bf16* A = static_cast<const bf16*>(p.a);
   const bf16* W =
       static_cast<const bf16*>(p.w) + static_cast<int64_t>(tile.expert) * kHalves * p.n * p.k;
 
-  // Source rows of this thread's copies (null: zero fill); tile row = tid / 8 + i * kThreads / 8.
+  // Source rows of this thread's copies (null: zero fill); tile row = tid / kCh + i * kRowsPass.
   const bf16* a_src[kAIter];
   const bf16* b_src[kBIter];
 #pragma unroll
   for (int i = 0; i < kAIter; ++i) {
-    const int r = tile.row_begin + tid / 8 + i * (kThreads / 8);
+    const int r = tile.row_begin + tid / kCh + i * kRowsPass;
     a_src[i] =
         r < tile.row_end ? A + static_cast<int64_t>(p.a_rows ? p.a_rows[r] : r) * p.lda : nullptr;
   }
 #pragma unroll
   for (int i = 0; i < kBIter; ++i) {
-    const int row = tid / 8 + i * (kThreads / 8), j = n0 + row % kBNc;
+    const int row = tid / kCh + i * kRowsPass, j = n0 + row % kBNc;
     b_src[i] = j < p.n ? W + static_cast<int64_t>(row / kBNc * p.n + j) * p.k : nullptr;
   }
   const int n_k_tiles = (p.k + C::kBK - 1) / C::kBK;
@@ -243,12 +276,14 @@ __global__ void __launch_bounds__(C::kThreads, 1) GroupedGemmWgmmaKernel(Grouped
 #pragma unroll
       for (int i = 0; i < kAIter; ++i) {
         const bool ok = a_src[i] != nullptr && kc < p.k;
-        CpAsync16(as + Swz(tid / 8 + i * (kThreads / 8), chunk), ok ? a_src[i] + kc : A, ok);
+        CpAsync16(as + Swz<C::kRowBytes>(tid / kCh + i * kRowsPass, chunk), ok ? a_src[i] + kc : A,
+                  ok);
       }
 #pragma unroll
       for (int i = 0; i < kBIter; ++i) {
         const bool ok = b_src[i] != nullptr && kc < p.k;
-        CpAsync16L2(bs + Swz(tid / 8 + i * (kThreads / 8), chunk), ok ? b_src[i] + kc : W, ok);
+        CpAsync16L2(bs + Swz<C::kRowBytes>(tid / kCh + i * kRowsPass, chunk),
+                    ok ? b_src[i] + kc : W, ok);
       }
     }
     CpAsyncCommit();  // one group per call keeps the wait count uniform
@@ -265,13 +300,14 @@ __global__ void __launch_bounds__(C::kThreads, 1) GroupedGemmWgmmaKernel(Grouped
     FenceProxyAsync();           // ... is visible to the tensor cores ...
     __syncthreads();             // ... for everyone's copies; and wgmma(kt - 2) is done everywhere
     issue(kt + kStages - 2);     // into the slot of k-tile kt - 2
-    const uint32_t a_addr = smem_base + (kt % kStages) * C::kStageBytes + wg * 64 * 128;
+    const uint32_t a_addr = smem_base + (kt % kStages) * C::kStageBytes + wg * 64 * C::kRowBytes;
     const uint32_t b_addr = smem_base + (kt % kStages) * C::kStageBytes + C::kABytes;
     FenceAcc<kAcc>(acc);
     WgFence();
 #pragma unroll
     for (int kk = 0; kk < C::kBK / 16; ++kk)
-      Wgmma<C::kBN>(acc, Desc(a_addr + kk * 32), Desc(b_addr + kk * 32));
+      Wgmma<C::kBN>(acc, Desc<C::kSbo, C::kLayout>(a_addr + kk * 32),
+                    Desc<C::kSbo, C::kLayout>(b_addr + kk * 32));
     WgCommit();
     WgWait<1>();  // wgmma(kt - 1) of this warpgroup is done
     FenceAcc<kAcc>(acc);
@@ -355,6 +391,12 @@ const WgVariant kWgVariants[] = {
     {"wg128x256", 128, &LaunchWg<WgCfg<2, 256, 4>>},
     // Mid M (32..128 rows per expert): one warpgroup of 64 x 128, 4 slots (96 KB: 2 blocks/SM).
     {"wg64x128", 64, &LaunchWg<WgCfg<1, 128, 4>>},
+    // Decode fc2-like (few column tiles): 64 x 64, 6 slots (96 KB), twice the blocks of wg64x128.
+    {"wg64x64", 64, &LaunchWg<WgCfg<1, 64, 6>>},
+    // k 32 per slot (64-byte swizzle): 9 slots of 128 x 256 (216 KB), 7 k-tiles in flight.
+    {"wg128x256k32", 128, &LaunchWg<WgCfg<2, 256, 9, 32>>},
+    // k 32 per slot: 12 slots of 128 x 128 (192 KB), 10 k-tiles in flight.
+    {"wg128x128k32", 128, &LaunchWg<WgCfg<2, 128, 12, 32>>},
 };
 
 }  // namespace
