@@ -18,6 +18,9 @@
 // [channel][token] / [state][token], once chunk k is done. dt gets bias + softplus there; the D
 // skip and the SiLU(z) gate are applied by the scanning lane; the output leaves as 8-byte row
 // pieces.
+#include <cstdlib>
+#include <cstring>
+
 #include "kernels/cuda/conv_scan_internal.cuh"
 #include "kernels/cuda/cuda_check.h"
 
@@ -28,9 +31,13 @@ constexpr int kThreads = 256;  // 8 warps
 constexpr int kCh = 8;         // channels per block (one warp each)
 constexpr int kN = 16;         // d_state
 
-template <typename T, int kItems_>
+template <typename T, int kItems_, int kUnroll_>
 struct ParTile {
-  static constexpr int kItems = kItems_;  // tokens per lane
+  static constexpr int kItems = kItems_;    // tokens per lane
+  static constexpr int kUnroll = kUnroll_;  // states in flight per warp (unroll of the state loop)
+  // Blocks per SM the registers are capped for (80 / 64 registers): 3 blocks of 256 threads
+  // hold a whole 2.8b layer (368 blocks) of one sequence in one wave on 132 SMs.
+  static constexpr int kMinBlocks = kItems == 4 && kUnroll == 1 && sizeof(T) == 2 ? 4 : 3;
   static constexpr int kChunk = 32 * kItems;
   static constexpr int kRowF = kChunk + 4;                   // fp32 shared row (+16 B)
   static constexpr int kRowT = kChunk + 16 / sizeof(T);      // T shared row (+16 B)
@@ -85,7 +92,8 @@ __device__ __forceinline__ float FastSoftplus(float x) {
 __device__ __forceinline__ float FastSilu(float x) { return __fdividef(x, 1.f + __expf(-x)); }
 
 template <typename T, typename S, typename Tile>
-__global__ void __launch_bounds__(kThreads, 3) ScanParallelKernel(SelectiveScanParams p) {
+__global__ void __launch_bounds__(kThreads, Tile::kMinBlocks)
+    ScanParallelKernel(SelectiveScanParams p) {
   constexpr int kItems = Tile::kItems, kChunk = Tile::kChunk, kPer = Tile::kPer;
   constexpr int kChPieces = Tile::kChPieces, kNPieces = Tile::kNPieces;
   constexpr int kUP = Tile::kUP, kBP = Tile::kBP;
@@ -106,7 +114,6 @@ __global__ void __launch_bounds__(kThreads, 3) ScanParallelKernel(SelectiveScanP
     carry = init ? ToF32(state[j]) : 0.f;
     a2_lane = p.A[static_cast<int64_t>(c) * kN + j] * kLog2e;
   }
-  const float Dc = p.D ? p.D[c] : 0.f;
 
   const T* U = static_cast<const T*>(p.u);
   const T* Dt = static_cast<const T*>(p.delta);
@@ -198,12 +205,13 @@ __global__ void __launch_bounds__(kThreads, 3) ScanParallelKernel(SelectiveScanP
     float dtv[kItems], duv[kItems], y[kItems];
     LoadRun<float, kItems>(&sm.dt[w][i0], dtv);
     LoadRun<float, kItems>(&sm.u[w][i0], duv);
+    const float Dc = p.D ? p.D[c] : 0.f;
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       y[i] = Dc * duv[i];  // D skip
       duv[i] *= dtv[i];
     }
-#pragma unroll 1
+#pragma unroll Tile::kUnroll
     for (int n = 0; n < kN; ++n) {
       const float a2 = __shfl_sync(0xffffffffu, a2_lane, n);
       const float cin = __shfl_sync(0xffffffffu, carry, n);
@@ -260,10 +268,29 @@ __global__ void __launch_bounds__(kThreads, 3) ScanParallelKernel(SelectiveScanP
   if (slot >= 0 && j < kN) state[j] = FromF32<S>(carry);
 }
 
-template <typename T, typename S, int kItems>
+template <typename T, typename S, int kItems, int kUnroll>
 void Launch(const SelectiveScanParams& p, Stream stream) {
-  ScanParallelKernel<T, S, ParTile<T, kItems>>
+  ScanParallelKernel<T, S, ParTile<T, kItems, kUnroll>>
       <<<dim3(p.d_inner / kCh, p.batch), kThreads, 0, stream>>>(p);
+}
+
+// Tiling of the bf16 kernel for long sequences (mean >= 192 tokens): lane run (4 / 8 tokens) and
+// state-loop unroll (1 / 2). BMS_SCAN_PARALLEL_TILE=8x1 (default), 8x2, 4x1 or 4x2, read once:
+// an A/B knob for bms_kernel_bench_scan. Short sequences always run 4 x 1.
+struct LongTile {
+  int items = 8, unroll = 1;
+};
+LongTile LongTileFromEnv() {
+  static const LongTile tile = [] {
+    LongTile t;
+    const char* v = std::getenv("BMS_SCAN_PARALLEL_TILE");
+    if (v == nullptr) return t;
+    if (std::strcmp(v, "8x2") == 0) t.unroll = 2;
+    if (std::strcmp(v, "4x1") == 0) t.items = 4;
+    if (std::strcmp(v, "4x2") == 0) t = {4, 2};
+    return t;
+  }();
+  return tile;
 }
 
 bool Aligned8(const void* ptr, int64_t stride, size_t elem) {
@@ -286,12 +313,17 @@ bool LaunchScanParallel(const SelectiveScanParams& p, Stream stream) {
   DispatchState(p.ssm_state_dtype, [&](auto s) {
     using S = decltype(s);
     if (p.dtype == DType::kBF16) {
-      if (long_seqs)
-        Launch<bf16, S, 8>(p, stream);
+      const LongTile t = long_seqs ? LongTileFromEnv() : LongTile{4, 1};
+      if (t.items == 8 && t.unroll == 2)
+        Launch<bf16, S, 8, 2>(p, stream);
+      else if (t.items == 8)
+        Launch<bf16, S, 8, 1>(p, stream);
+      else if (t.unroll == 2)
+        Launch<bf16, S, 4, 2>(p, stream);
       else
-        Launch<bf16, S, 4>(p, stream);
+        Launch<bf16, S, 4, 1>(p, stream);
     } else {
-      Launch<float, S, 4>(p, stream);
+      Launch<float, S, 4, 1>(p, stream);
     }
     return 0;
   });
