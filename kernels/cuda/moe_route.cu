@@ -1,8 +1,10 @@
 // MoE routing on the device (kernels/cuda/ops.h): router selection (bias, sigmoid, first-index
 // argmax, scale, routing counters) and the stable grouping by expert (counts, prefix sum,
-// permutation) in a single block, so no host sync is needed before the grouped GEMM.
+// permutation; kernels/cuda/moe_group.cuh) in a single block, so no host sync is needed before
+// the grouped GEMM.
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/moe_group.cuh"
 
 namespace bms::cuda {
 namespace {
@@ -10,7 +12,6 @@ namespace {
 constexpr int kMaxExperts = 64;
 constexpr int kRouterThreads = 256;
 constexpr int kGroupThreads = 1024;
-constexpr int kGroupWarps = kGroupThreads / 32;
 
 __global__ void __launch_bounds__(kRouterThreads) RouterSelectKernel(RouterSelectParams p) {
   __shared__ int counts[kMaxExperts];
@@ -41,48 +42,9 @@ __global__ void __launch_bounds__(kRouterThreads) RouterSelectKernel(RouterSelec
 }
 
 __global__ void __launch_bounds__(kGroupThreads) MoeGroupKernel(MoeGroupParams p) {
-  __shared__ int counts[kMaxExperts];
-  __shared__ int cursor[kMaxExperts];
-  __shared__ int warp_counts[kGroupWarps][kMaxExperts];
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int n_e = p.n_experts;
-  for (int e = tid; e < n_e; e += kGroupThreads) counts[e] = 0;
-  __syncthreads();
-  for (int t = tid; t < p.n_tokens; t += kGroupThreads) atomicAdd(&counts[p.expert[t]], 1);
-  __syncthreads();
-  if (tid == 0) {
-    int acc = 0;
-    for (int e = 0; e < n_e; ++e) {
-      p.expert_offsets[e] = acc;
-      cursor[e] = acc;
-      acc += counts[e];
-    }
-    p.expert_offsets[n_e] = acc;
-  }
-  const unsigned lanes_below = (1u << lane) - 1u;
-  for (int base = 0; base < p.n_tokens; base += kGroupThreads) {
-    for (int i = tid; i < kGroupWarps * kMaxExperts; i += kGroupThreads)
-      (&warp_counts[0][0])[i] = 0;
-    __syncthreads();
-    const int t = base + tid;
-    const int e = t < p.n_tokens ? p.expert[t] : -1;
-    const unsigned same = __match_any_sync(0xffffffffu, e);
-    const int rank = __popc(same & lanes_below);
-    if (e >= 0 && rank == 0) warp_counts[warp][e] = __popc(same);
-    __syncthreads();
-    if (e >= 0) {
-      int before = 0;
-      for (int w = 0; w < warp; ++w) before += warp_counts[w][e];
-      p.permutation[cursor[e] + before + rank] = t;
-    }
-    __syncthreads();
-    for (int x = tid; x < n_e; x += kGroupThreads) {
-      int add = 0;
-      for (int w = 0; w < kGroupWarps; ++w) add += warp_counts[w][x];
-      cursor[x] += add;
-    }
-    __syncthreads();
-  }
+  __shared__ GroupSmem<kGroupThreads> sm;
+  GroupRowsBlock<kGroupThreads>(p.expert, p.n_tokens, p.n_experts, /*limit=*/0, p.expert_offsets,
+                                p.permutation, /*routing_counts=*/nullptr, sm);
 }
 
 }  // namespace
