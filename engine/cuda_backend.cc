@@ -89,6 +89,7 @@ CudaBackendImpl::CudaBackendImpl(const ModelConfig& config, const BackendOptions
       dtype_(options.fp32_compute ? cuda::DType::kF32 : cuda::DType::kBF16),
       memory_fraction_(options.gpu_memory_fraction),
       use_graphs_(options.cuda_graphs),
+      cuda_graph_max_batch_(options.cuda_graph_max_batch),
       device_sampling_(options.device_sampling) {}
 
 CudaBackendImpl::~CudaBackendImpl() {
@@ -113,8 +114,11 @@ absl::StatusOr<std::unique_ptr<CudaBackendImpl>> CudaBackendImpl::Create(
     const ModelWeights& weights, const BackendOptions& options) {
   const ModelConfig& c = weights.config;
   if (options.num_slots < 0)
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_slots = ", options.num_slots, " must be >= 1 (or 0: as many as fit)"));
+  if (options.cuda_graph_max_batch < 0)
     return absl::InvalidArgumentError(absl::StrCat(
-        "num_slots = ", options.num_slots, " must be >= 1 (or 0: as many as fit)"));
+        "cuda_graph_max_batch = ", options.cuda_graph_max_batch, " must be >= 0 (0 = no cap)"));
   if (!(options.gpu_memory_fraction > 0.0 && options.gpu_memory_fraction <= 1.0))
     return absl::InvalidArgumentError(
         absl::StrCat("gpu_memory_fraction = ", options.gpu_memory_fraction, " must be in (0, 1]"));
@@ -226,8 +230,8 @@ absl::Status CudaBackendImpl::SizeSlotsFromBudget(double cap, size_t weight_byte
   const size_t token_row = d * (2 * e + 8) + di * 5 * e + xdbl * e + c.n_experts * 4 + 12 +
                            static_cast<size_t>(c.ffn_hidden_size) * e;
   const size_t logits_row = d * e + static_cast<size_t>(c.vocab_size) * 4;
-  const size_t reserve = kSizingReserveTokens * token_row + 64 * logits_row + kGemmWorkspaceBytes +
-                         kMarginBytes;
+  const size_t reserve =
+      kSizingReserveTokens * token_row + 64 * logits_row + kGemmWorkspaceBytes + kMarginBytes;
   const size_t per_slot = state_bytes_per_slot() + (use_graphs_ ? token_row + logits_row : 0);
   const double avail = cap - static_cast<double>(weight_bytes + reserve + state_bytes_per_slot());
   const double n = std::floor(avail / static_cast<double>(per_slot));
@@ -240,9 +244,8 @@ absl::Status CudaBackendImpl::SizeSlotsFromBudget(double cap, size_t weight_byte
   std::fprintf(stderr,
                "cuda backend: num_slots = 0: %d state slots fit (%zu bytes each%s; %.2f GiB "
                "usable, %.2f GiB weights, %.2f GiB reserved for activations)\n",
-               num_slots_, state_bytes_per_slot(),
-               use_graphs_ ? " + one graph activation row" : "", GiB(static_cast<size_t>(cap)),
-               GiB(weight_bytes), GiB(reserve));
+               num_slots_, state_bytes_per_slot(), use_graphs_ ? " + one graph activation row" : "",
+               GiB(static_cast<size_t>(cap)), GiB(weight_bytes), GiB(reserve));
   return absl::OkStatus();
 }
 
@@ -403,8 +406,9 @@ std::vector<std::vector<int64_t>> CudaBackendImpl::ExpertTokenCounts() {
 }
 
 void CudaBackendImpl::UpdateBytesInUse() {
+  workspace_bytes_.store(ws_.buffer.size());
   bytes_in_use_.store(weights_.size() + state_.size() + routing_counts_.size() + ws_.buffer.size() +
-                      meta_dev_.size() + kGemmWorkspaceBytes);
+                      meta_dev_.size() + kGemmWorkspaceBytes + graph_bytes_.load());
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const ModelWeights& weights,

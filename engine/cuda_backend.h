@@ -29,9 +29,12 @@ class CudaBackend : public Backend {
   // Host time (us) of the last Forward from entry to the last launch, before the logits copy
   // (which waits for the GPU): validation, packing and launches, or one graph launch. Benchmarks.
   virtual double last_step_host_us() const = 0;
-  // Decode CUDA graphs captured so far (one per batch bucket) and replays since start-up.
+  // Decode CUDA graphs held now (one per batch bucket, plus one with the sampling kernel), replays
+  // since start-up, and captures since start-up (PrepareForServing's included; a serving step
+  // that captures shows up here).
   virtual int graphs_captured() const = 0;
   virtual int64_t graph_replays() const = 0;
+  virtual int64_t graph_captures() const = 0;
 };
 
 // Uploads `weights` to GPU 0 and allocates the state pool. Errors: FailedPrecondition when no

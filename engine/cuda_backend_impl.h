@@ -24,6 +24,9 @@
 namespace bms {
 
 inline constexpr size_t kGemmWorkspaceBytes = 32 << 20;  // cuBLASLt workspace
+// Sampling block reserved by PrepareForServing: sparse entries per state slot, and a bound.
+inline constexpr size_t kSamplingEntriesPerRow = 64;
+inline constexpr size_t kMaxReservedSamplingEntries = size_t{1} << 22;
 
 class CudaBackendImpl : public CudaBackend {
  public:
@@ -41,6 +44,11 @@ class CudaBackendImpl : public CudaBackend {
   bool SamplesOnDevice() const override { return device_sampling_; }
   absl::Status ForwardSampled(const StepInput& input, std::span<const SampleContext> rows,
                               std::vector<SampledToken>* out) override;
+  // Sizes the workspace for the engine's largest step, then per decode bucket (up to
+  // min(max_decode_batch, cuda_graph_max_batch)) one eager tuning step and the capture of its
+  // graph(s) (engine/cuda_graph.cc); logs the count, time and memory.
+  absl::Status PrepareForServing(int max_decode_batch, int max_tokens_per_step) override;
+  GraphMemoryStats graph_memory() const override;
   absl::Status CopyState(int src_slot, int dst_slot) override;
   absl::StatusOr<std::vector<float>> ReadState(int slot) override;
   absl::StatusOr<std::vector<int64_t>> ReadRoutingCounts() override;
@@ -53,6 +61,7 @@ class CudaBackendImpl : public CudaBackend {
   double last_step_host_us() const override { return last_step_host_us_; }
   int graphs_captured() const override;
   int64_t graph_replays() const override;
+  int64_t graph_captures() const override;
 
  private:
   // Device pointers into weights_ (compute dtype `W`, fp32 `F`); null = absent bias.
@@ -92,25 +101,25 @@ class CudaBackendImpl : public CudaBackend {
     int tokens = 0;
     int logit_rows = 0;
     cuda::DeviceBuffer buffer;
-    void* h = nullptr;               // [T, d_model]
-    float* residual = nullptr;       // [T, d_model]
-    void* x = nullptr;               // [T, d_model]
-    float* x_f32 = nullptr;          // [T, d_model] fp32 copy of x: the router input
-    void* xz = nullptr;              // [T, 2*d_inner]
-    void* xc = nullptr;              // [T, d_inner]
-    void* dbc = nullptr;             // [T, dt_rank + 2*d_state]
-    void* dt = nullptr;              // [T, d_inner]
+    void* h = nullptr;                // [T, d_model]
+    float* residual = nullptr;        // [T, d_model]
+    void* x = nullptr;                // [T, d_model]
+    float* x_f32 = nullptr;           // [T, d_model] fp32 copy of x: the router input
+    void* xz = nullptr;               // [T, 2*d_inner]
+    void* xc = nullptr;               // [T, d_inner]
+    void* dbc = nullptr;              // [T, dt_rank + 2*d_state]
+    void* dt = nullptr;               // [T, d_inner]
     float* mamba_partials = nullptr;  // decode x_proj partial sums (MambaDecodeConvXProj)
-    void* y = nullptr;               // [T, d_inner]
-    float* router_logits = nullptr;  // [T, n_experts]
-    int32_t* expert = nullptr;       // [T]
-    float* scale = nullptr;          // [T]
-    int32_t* offsets = nullptr;      // [n_experts + 1]
-    int32_t* permutation = nullptr;  // [T]
-    unsigned int* ticket = nullptr;  // [1] last-block ticket of AddRmsNormRoute (kept zero)
-    void* act = nullptr;             // [T, f]
-    void* head_in = nullptr;         // [R, d_model]
-    float* logits = nullptr;         // [R, vocab_size]
+    void* y = nullptr;                // [T, d_inner]
+    float* router_logits = nullptr;   // [T, n_experts]
+    int32_t* expert = nullptr;        // [T]
+    float* scale = nullptr;           // [T]
+    int32_t* offsets = nullptr;       // [n_experts + 1]
+    int32_t* permutation = nullptr;   // [T]
+    unsigned int* ticket = nullptr;   // [1] last-block ticket of AddRmsNormRoute (kept zero)
+    void* act = nullptr;              // [T, f]
+    void* head_in = nullptr;          // [R, d_model]
+    float* logits = nullptr;          // [R, vocab_size]
   };
 
   CudaBackendImpl(const ModelConfig& config, const BackendOptions& options);
@@ -133,6 +142,19 @@ class CudaBackendImpl : public CudaBackend {
   // that also runs the sampling kernel.
   absl::StatusOr<bool> LaunchDecodeGraph(const StepInput& input,
                                          const std::span<const SampleContext>* sample_rows);
+  // Makes sure bucket B's graph (with the sampling kernel when `sampled`; the sampling block must
+  // exist then) is captured: one eager all-padding run of the step first (kernel loading, tuner
+  // timing), then capture, instantiate, upload. False when graphs are off, B is above the graph
+  // cap, or capture failed (graphs are then turned off, with a warning).
+  absl::StatusOr<bool> EnsureDecodeGraph(int B, bool sampled);
+  // Writes the graph metadata block for bucket B (rows >= input's chunk count, or every row
+  // when input is null, are padding) and enqueues its H2D copy.
+  absl::Status FillDecodeGraphMetadata(const StepInput* input, int B);
+  // Largest batch with a graph: PrepareForServing's cap, else BackendOptions::
+  // cuda_graph_max_batch (0: num_slots) capped at num_slots. GraphBuckets: the buckets up to it.
+  int GraphBatchCap() const;
+  std::vector<int> GraphBuckets() const;
+  void UpdateGraphStats();
   // Validates nothing; packs the step's metadata (one H2D copy) and enqueues EnqueueStep.
   // *n_logits_rows = the number of logits rows the step writes to ws_.logits.
   absl::Status EnqueueEager(const StepInput& input, int* n_logits_rows);
@@ -191,6 +213,15 @@ class CudaBackendImpl : public CudaBackend {
     void operator()(DecodeGraphs* g) const;
   };
   bool use_graphs_ = true;
+  int cuda_graph_max_batch_ = 0;  // BackendOptions::cuda_graph_max_batch
+  int graph_cap_ = 0;             // PrepareForServing's largest bucket (0: not prepared)
+  // graph_memory(), readable from any thread.
+  std::atomic<int> graph_count_{0};
+  std::atomic<int> graph_max_b_{0};
+  std::atomic<int64_t> graph_captures_total_{0};
+  std::atomic<size_t> graph_bytes_{0};
+  std::atomic<size_t> workspace_bytes_{0};
+  std::atomic<double> prepare_seconds_{0};
   // BackendOptions::device_sampling
   bool device_sampling_ = true;
   std::chrono::steady_clock::time_point step_start_;  // entry of the current Forward
@@ -208,6 +239,7 @@ class CudaBackendImpl : public CudaBackend {
   struct SamplingBuffers {
     int max_rows = 0;
     size_t entry_capacity = 0;
+    size_t min_entries = 4096;  // entries of the first allocation (PrepareForServing raises it)
     void* in_host = nullptr;
     cuda::DeviceBuffer in_dev;
     void* out_host = nullptr;

@@ -105,7 +105,7 @@ absl::Status CudaBackendImpl::PackSampling(std::span<const SampleContext> rows, 
   const size_t need_units = static_cast<size_t>(padded_rows) * kSampleRowUnits + e.size();
   const size_t cap_units = static_cast<size_t>(max_rows) * kSampleRowUnits + b.entry_capacity;
   if (b.max_rows == 0 || need_units > cap_units) {
-    const size_t entries = std::max<size_t>({4096, 2 * b.entry_capacity, e.size()});
+    const size_t entries = std::max<size_t>({b.min_entries, 2 * b.entry_capacity, e.size()});
     const size_t bytes = (max_rows * kSampleRowUnits + entries) * kUnit;
     cuda::FreeHost(b.in_host);
     b.in_host = nullptr;

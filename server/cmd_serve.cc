@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "boost/asio.hpp"
@@ -47,6 +48,7 @@ struct ServeFlags {
   int64_t state_memory_budget = int64_t{4} << 30;
   std::string state_dtype = "fp32";
   int max_num_batched_tokens = 2048;
+  int cuda_graph_max_batch = 0;
   int max_queued_requests = 1024;
   int max_prompt_tokens = 131072;
   int max_tokens_limit = 131072;
@@ -89,6 +91,10 @@ void Register(FlagSet& f, ServeFlags& v) {
   f.Int64("state-memory-budget", &v.state_memory_budget, "bytes of state when max-num-seqs=0");
   f.String("state-dtype", &v.state_dtype, "fp32 or bf16 state slots");
   f.Int("max-num-batched-tokens", &v.max_num_batched_tokens, "token budget per engine step");
+  f.Int("cuda-graph-max-batch", &v.cuda_graph_max_batch,
+        "CUDA backend: largest decode batch captured as a CUDA graph at start-up (bounds graph "
+        "memory; larger decode steps run eagerly); 0 = every batch up to min(slots, "
+        "--max-num-batched-tokens)");
   f.Int("max-queued-requests", &v.max_queued_requests, "waiting requests before 429");
   f.Int("max-prompt-tokens", &v.max_prompt_tokens, "longer prompts are rejected (400)");
   f.Int("max-tokens-limit", &v.max_tokens_limit, "largest accepted max_tokens");
@@ -157,6 +163,9 @@ absl::Status CheckFlags(const ServeFlags& v) {
   }
   if (v.drain_timeout < 0) return absl::InvalidArgumentError("flag --drain-timeout must be >= 0");
   if (v.max_num_seqs < 0) return absl::InvalidArgumentError("flag --max-num-seqs must be >= 0");
+  if (v.cuda_graph_max_batch < 0) {
+    return absl::InvalidArgumentError("flag --cuda-graph-max-batch must be >= 0");
+  }
   if (v.state_dtype != "fp32" && v.state_dtype != "bf16") {
     return absl::InvalidArgumentError("flag --state-dtype must be fp32 or bf16");
   }
@@ -234,6 +243,7 @@ int ServeCommand(const Args& args) {
   BackendOptions bo;
   bo.state_dtype = v.state_dtype == "bf16" ? StateDType::kBF16 : StateDType::kF32;
   bo.num_threads = v.cpu_threads;
+  bo.cuda_graph_max_batch = v.cuda_graph_max_batch;
   size_t slot_bytes = StateBytesPerSlot(config, bo.state_dtype);
   bo.num_slots = v.max_num_seqs;
   if (bo.num_slots == 0) {
@@ -324,6 +334,14 @@ int ServeCommand(const Args& args) {
       demo ? " (demo: tiny preset, random weights)" : "", " layers=", config.num_layers,
       " d_model=", config.d_model, " vocab=", config.vocab_size, " tokenizer=", tokenizer->name(),
       " backend=", v.backend, " slots=", bo.num_slots, " state_bytes_per_slot=", slot_bytes));
+  {
+    const EngineStats st = (*engine)->Stats();
+    LogLine(absl::StrFormat(
+        "bmserve serve: start-up: warm-up + backend preparation %.2f s; %d CUDA graphs (batch "
+        "buckets up to %d), graphs %.1f MiB, activation workspace %.1f MiB",
+        st.warmup_seconds, st.graphs.graphs, st.graphs.max_batch,
+        st.graphs.graph_bytes / 1048576.0, st.graphs.workspace_bytes / 1048576.0));
+  }
   if (!ctx.api_keys.enabled() && v.host != "127.0.0.1" && v.host != "::1" &&
       v.host != "localhost") {
     Log(LogLevel::kWarning,

@@ -30,6 +30,9 @@ void RegisterEngineFlags(FlagSet* f, EngineFlagValues* v) {
          "token budget per engine step (decode tokens + prefill chunks)");
   f->Int("threads", &v->threads, "CPU backend threads (0 = all cores)");
   f->Bool("fp32-compute", &v->fp32_compute, "CUDA backend: fp32 weights and activations");
+  f->Int("cuda-graph-max-batch", &v->cuda_graph_max_batch,
+         "CUDA backend: largest decode batch captured as a CUDA graph at start-up (larger decode "
+         "steps run eagerly); 0 = every batch up to min(slots, --max-num-batched-tokens)");
 }
 
 absl::StatusOr<OfflineEngine> StartOfflineEngine(const EngineFlagValues& v, int min_slots,
@@ -46,6 +49,7 @@ absl::StatusOr<OfflineEngine> StartOfflineEngine(const EngineFlagValues& v, int 
   if (v.state_memory_budget < 1) return bad("flag --state-memory-budget must be >= 1");
   if (v.max_num_batched_tokens < 1) return bad("flag --max-num-batched-tokens must be >= 1");
   if (v.threads < 0) return bad("flag --threads must be >= 0");
+  if (v.cuda_graph_max_batch < 0) return bad("flag --cuda-graph-max-batch must be >= 0");
 
   ModelWeights weights;
   if (!v.model.empty()) {
@@ -68,6 +72,7 @@ absl::StatusOr<OfflineEngine> StartOfflineEngine(const EngineFlagValues& v, int 
   bo.state_dtype = v.state_dtype == "bf16" ? StateDType::kBF16 : StateDType::kF32;
   bo.num_threads = v.threads;
   bo.fp32_compute = v.fp32_compute;
+  bo.cuda_graph_max_batch = v.cuda_graph_max_batch;
   const size_t slot_bytes = StateBytesPerSlot(config, bo.state_dtype);
   const int wanted = v.max_num_seqs == 0 && default_slots > 0
                          ? default_slots

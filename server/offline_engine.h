@@ -24,12 +24,14 @@ struct EngineFlagValues {
   int max_num_seqs = 0;  // state slots; 0 = as many as fit in state_memory_budget
   int64_t state_memory_budget = int64_t{4} << 30;
   int max_num_batched_tokens = 2048;
-  int threads = 0;            // CPU backend threads (0 = all cores)
-  bool fp32_compute = false;  // CUDA backend: fp32 weights and activations
+  int threads = 0;               // CPU backend threads (0 = all cores)
+  bool fp32_compute = false;     // CUDA backend: fp32 weights and activations
+  int cuda_graph_max_batch = 0;  // CUDA backend: largest decode batch with a graph; 0 = all
 };
 
 // Registers --model, --preset, --weights-seed, --tokenizer, --backend, --state-dtype,
-// --max-num-seqs, --state-memory-budget, --max-num-batched-tokens, --threads, --fp32-compute.
+// --max-num-seqs, --state-memory-budget, --max-num-batched-tokens, --threads, --fp32-compute,
+// --cuda-graph-max-batch.
 void RegisterEngineFlags(FlagSet* flags, EngineFlagValues* values);
 
 struct OfflineEngine {
