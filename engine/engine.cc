@@ -25,6 +25,62 @@ namespace {
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
+// Pushes batches of events to their channels on its own thread, so that a large step's event
+// delivery (a lock, a queue insert and the frontend's notifier per event) overlaps the next
+// step. At most one batch waits while another is being pushed; Submit blocks beyond that.
+class Publisher {
+ public:
+  Publisher() : thread_([this] { Run(); }) {}
+  ~Publisher() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();  // pushes what was handed over first
+  }
+  // Takes *events (left empty; its capacity comes back from an earlier batch).
+  void Submit(std::vector<OutgoingEvent>* events) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return queued_.empty(); });
+    queued_.swap(*events);
+    lock.unlock();
+    cv_.notify_all();
+  }
+  // Returns once every handed-over event is pushed.
+  void Flush() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return queued_.empty() && !busy_; });
+  }
+
+ private:
+  void Run() {
+    std::vector<OutgoingEvent> batch;
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      cv_.wait(lock, [this] { return stop_ || !queued_.empty(); });
+      if (queued_.empty()) return;  // stopping, nothing left
+      batch.swap(queued_);
+      busy_ = true;
+      lock.unlock();
+      cv_.notify_all();
+      for (OutgoingEvent& e : batch)
+        if (e.channel != nullptr) e.channel->Push(std::move(e.event));
+      batch.clear();
+      lock.lock();
+      busy_ = false;
+      cv_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<OutgoingEvent> queued_;  // handed over, not taken by the thread yet
+  bool busy_ = false;                  // the thread is pushing a batch
+  bool stop_ = false;
+  std::thread thread_;  // last: starts after the members above exist
+};
+
 // "" -> 0 (off); "step-fail:N" -> N >= 1.
 absl::StatusOr<int> ParseFaultInjection(const std::string& spec) {
   if (spec.empty()) return 0;
@@ -44,6 +100,7 @@ absl::Status ValidateOptions(const EngineOptions& o, const ModelConfig& config) 
   if (o.max_prompt_tokens < 1) return bad("max_prompt_tokens must be >= 1");
   if (o.max_tokens_limit < 1) return bad("max_tokens_limit must be >= 1");
   if (o.max_n < 1) return bad("max_n must be >= 1");
+  if (o.async_publish_min_events < 0) return bad("async_publish_min_events must be >= 0");
   if (o.sampler_threads < 1 || o.sampler_threads > 256) {
     return bad("sampler_threads must be in [1, 256]");
   }
@@ -67,6 +124,7 @@ class EngineImpl final : public Engine {
       sampler_pool_ = std::make_unique<ref::ThreadPool>(options_.sampler_threads);
     }
     slots_total_ = backend_->num_slots();
+    if (options_.async_publish_min_events > 0) publisher_ = std::make_unique<Publisher>();
   }
   ~EngineImpl() override { Stop(); }
 
@@ -113,6 +171,7 @@ class EngineImpl final : public Engine {
   std::vector<SampleContext> rows_;
   std::vector<size_t> seq_of_row_;
   std::vector<SampledToken> sampled_;
+  std::unique_ptr<Publisher> publisher_;  // null: events pushed on the engine thread
 
   // Shared, guarded by mu_.
   mutable std::mutex mu_;
@@ -178,6 +237,7 @@ absl::Status EngineImpl::Start() {
     if (s.ok()) ready_.store(true);
     warm->set_value(s);
     if (s.ok()) Loop();
+    if (publisher_) publisher_->Flush();  // every final event is delivered before Stop returns
   });
   absl::Status s = warm_done.get();
   if (!s.ok()) {
@@ -499,10 +559,18 @@ void EngineImpl::Publish(UpdateOutput* out) {
     std::lock_guard<std::mutex> lock(mu_);
     for (const std::string& id : out->finished_ids) live_ids_.erase(id);
   }
+  if (options_.observer != nullptr) {  // on the engine thread, in order, before any push
+    for (const OutgoingEvent& e : out->events)
+      if (e.channel != nullptr) options_.observer->OnEvent(e.channel.get(), e.event);
+  }
+  if (publisher_ != nullptr &&
+      static_cast<int>(out->events.size()) >= options_.async_publish_min_events) {
+    publisher_->Submit(&out->events);  // pushed while the next step runs
+    return;
+  }
+  if (publisher_ != nullptr) publisher_->Flush();  // a channel's earlier events go first
   for (OutgoingEvent& e : out->events) {
-    if (e.channel == nullptr) continue;
-    if (options_.observer != nullptr) options_.observer->OnEvent(e.channel.get(), e.event);
-    e.channel->Push(std::move(e.event));
+    if (e.channel != nullptr) e.channel->Push(std::move(e.event));
   }
   out->events.clear();  // drop the channel references now (the capacity stays)
 }

@@ -27,6 +27,10 @@ struct EngineOptions {
   int eos_token_id = 0;               // <|endoftext|>
   std::string fault_injection;        // test-only: "step-fail:N" fails every Nth backend step
   int sampler_threads = 4;            // host threads sampling logits rows (1 = engine thread)
+  // Steps with at least this many events hand them to a delivery thread, which pushes them to
+  // the channels while the engine runs the next step (per channel, events stay in order);
+  // smaller steps push on the engine thread. 0 = always on the engine thread.
+  int async_publish_min_events = 32;
   std::shared_ptr<EngineObserver> observer;  // optional hooks (metrics); null = none
 };
 

@@ -168,14 +168,26 @@ TEST(Engine, SeededOutputIndependentOfBatchAndChunking) {
     ASSERT_TRUE(h.engine->Start().ok());
     alone = Collect(**h.engine->Submit(probe), probe.n);
   }
-  for (int budget : {3, 2048}) {
-    Harness h = Make(8, NoEos(budget));
+  for (auto [budget, async_min] : {std::pair{3, 32}, {2048, 32}, {2048, 1}, {3, 1}}) {
+    EngineOptions o = NoEos(budget);
+    o.async_publish_min_events = async_min;  // 1: events through the delivery thread
+    Harness h = Make(8, o);
     ASSERT_TRUE(h.engine->Start().ok());
     std::vector<std::shared_ptr<EventChannel>> chans;
     for (int i = 32; i >= 0; --i) chans.push_back(*h.engine->Submit(reqs[i]));  // probe last
     auto batched = Collect(*chans.back(), probe.n);
     for (int c = 0; c < probe.n; ++c) {
-      EXPECT_EQ(batched[c].tokens, alone[c].tokens) << "budget " << budget << " choice " << c;
+      EXPECT_EQ(batched[c].tokens, alone[c].tokens)
+          << "budget " << budget << " async_min " << async_min << " choice " << c;
+    }
+    // Every request's events arrive complete and in order through either path.
+    for (size_t i = 0; i + 1 < chans.size(); ++i) {
+      const GenerateRequest& r = reqs[32 - i];
+      auto got = Collect(*chans[i], r.n);
+      for (int c = 0; c < r.n; ++c) {
+        EXPECT_EQ(got[c].finals, 1) << "request " << 32 - i;
+        EXPECT_EQ(static_cast<int>(got[c].tokens.size()), r.sampling.max_tokens);
+      }
     }
     h.engine->Stop();  // the backend belongs to the engine thread until then
     if (budget == 3) EXPECT_LE(h.backend->max_batch_tokens, 3);
@@ -378,8 +390,11 @@ TEST(Engine, StopAbortsLiveRequests) {
 
 // 500 requests with random lengths, n and cancels before admission, mid-prefill and mid-decode:
 // every choice gets exactly one final event, nothing after it, and every slot ends up free.
-TEST(Engine, SlotAccountingUnderRandomCancels) {
+// async_min: EngineOptions::async_publish_min_events (1: every step's events go through the
+// delivery thread).
+void SlotAccountingUnderRandomCancels(int async_min) {
   EngineOptions o = NoEos(/*budget=*/16);
+  o.async_publish_min_events = async_min;
   Harness h = Make(8, o);
   ASSERT_TRUE(h.engine->Start().ok());
   std::mt19937 rng(123);
@@ -466,6 +481,11 @@ TEST(Engine, SlotAccountingUnderRandomCancels) {
   EXPECT_EQ(s.running, 0);
   EXPECT_EQ(s.waiting, 0);
   h.engine->Stop();
+}
+
+TEST(Engine, SlotAccountingUnderRandomCancels) { SlotAccountingUnderRandomCancels(0); }
+TEST(Engine, SlotAccountingUnderRandomCancelsDeliveryThread) {
+  SlotAccountingUnderRandomCancels(1);
 }
 
 class CountingObserver : public EngineObserver {
