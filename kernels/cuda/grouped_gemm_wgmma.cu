@@ -1,18 +1,23 @@
 // Grouped expert GEMM on Hopper tensor cores (kernels/cuda/ops.h GroupedGemm, variants "wg*"):
 // sm_90a warpgroup MMA (wgmma.mma_async m64nNk16, bf16 in, fp32 accumulate) with both operands
 // read by the tensor cores from shared memory through matrix descriptors. Operand tiles are k 64
-// wide (one 128-byte row per tile row) in the 128-byte swizzled K-major layout, filled by
-// cp.async (the A rows are gathered through a_rows, the weight rows come straight from the
-// expert's block) in a kStages-deep ring: copies run kStages - 2 k-tiles ahead while one wgmma
-// group stays in flight behind the barrier. One block computes kBM (64 per consumer warpgroup)
-// grouped rows x kBN weight rows (gated fc1: kBN / 2 columns of each half, so a thread holds
-// the matching act and gate accumulators); tiles come from the device-side expert offsets
+// (or 32) wide, one 128- (64-) byte row per tile row, in the swizzled K-major layout, filled by
+// cp.async (the A rows are gathered through a_rows) and, for the weight rows, by cp.async or
+// (variants "*t") the bulk tensor copy engine (TMA, a cached tensor map per weight tensor, an
+// mbarrier per slot), in a kStages-deep ring: copies run kStages - 2 k-tiles ahead while one
+// wgmma group stays in flight behind the block barrier. One block computes kBM (64 per consumer
+// warpgroup) grouped rows x kBN weight rows (gated fc1: kBN / 2 columns of each half, so a thread
+// holds the matching act and gate accumulators); tiles come from the device-side expert offsets
 // (grouped::FindTile, no host sync, capturable). Same fused epilogues as the other variants.
 // Compiled for sm_90a only (__CUDA_ARCH_FEAT_SM90_ALL); other targets get a trapping stub and
 // WgmmaSupported() keeps the variants off devices other than compute capability 9.0.
+#include <cuda.h>
+
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
+#include <tuple>
 
 #include "kernels/cuda/grouped_gemm_internal.cuh"
 
@@ -27,9 +32,12 @@ using grouped::CpAsyncWait;
 // kWG consumer warpgroups along M (64 rows each), kBN weight rows per tile, kStages ring slots,
 // kBK k per slot: 64 (128-byte rows, 128-byte swizzle) or 32 (64-byte rows, 64-byte swizzle:
 // half the bytes per slot, so about twice the slots in flight in the same shared memory).
-template <int kWG_, int kBN_, int kStages_, int kBK_ = 64>
+// kTma: the weight tile of each slot comes by the bulk tensor copy engine (one thread issues it;
+// an mbarrier per slot counts its bytes) instead of per-thread cp.async (kBK 64 only).
+template <int kWG_, int kBN_, int kStages_, int kBK_ = 64, bool kTma_ = false>
 struct WgCfg {
   static constexpr int kWG = kWG_, kBN = kBN_, kStages = kStages_, kBK = kBK_;
+  static constexpr bool kTma = kTma_;
   static constexpr int kBM = 64 * kWG;
   static constexpr int kRowBytes = kBK * 2;          // one swizzle row per tile row
   static constexpr int kChunks = kBK / 8;            // 16-byte chunks per tile row
@@ -39,7 +47,7 @@ struct WgCfg {
   static constexpr int kABytes = kBM * kBK * 2, kBBytes = kBN * kBK * 2;
   static constexpr int kStageBytes = kABytes + kBBytes;
   static constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + 1024-byte alignment slack
-  static_assert(kStages >= 3 && kBN % 16 == 0 && kStageBytes % 1024 == 0);
+  static_assert(kStages >= 3 && kBN % 16 == 0 && kStageBytes % 1024 == 0 && (!kTma || kBK == 64));
   static_assert((kBK == 64 || kBK == 32) && kChunks * 16 == kRowBytes && kSbo == 8 * kRowBytes &&
                 kLayout + kBK / 32 == 3);
 };
@@ -225,17 +233,60 @@ __device__ __forceinline__ void Wgmma(float* d, uint64_t da, uint64_t db) {
     Wgmma256(d, da, db);
 }
 
+__device__ __forceinline__ void MbarInit(uint32_t bar, uint32_t count) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+// Initialized mbarriers made visible to the copy engine (before the block's barrier).
+__device__ __forceinline__ void MbarInitFence() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void MbarExpectTx(uint32_t bar, uint32_t bytes) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+#endif
+}
+// Box (k0, row0) of the 2-D tensor map into shared memory at dst; completes bytes on bar.
+__device__ __forceinline__ void TmaLoad2d(uint32_t dst, const CUtensorMap* map, int k0, int row0,
+                                          uint32_t bar) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], "
+      "[%1, {%2, %3}], [%4];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(k0), "r"(row0), "r"(bar)
+      : "memory");
+#endif
+}
+
 #endif  // !__CUDA_ARCH__ || __CUDA_ARCH_FEAT_SM90_ALL
 
 template <GroupedEpilogue kEpi, class C>
-__global__ void __launch_bounds__(C::kThreads, 1) GroupedGemmWgmmaKernel(GroupedGemmParams p) {
+__global__ void __launch_bounds__(C::kThreads, 1)
+    GroupedGemmWgmmaKernel(GroupedGemmParams p, const __grid_constant__ CUtensorMap w_map) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kHalves = kEpi == GroupedEpilogue::kGatedAct ? 2 : 1;
   constexpr int kBNc = C::kBN / kHalves;  // output columns per tile
   constexpr int kStages = C::kStages, kThreads = C::kThreads;
   constexpr int kCh = C::kChunks, kRowsPass = kThreads / kCh;  // tile rows per copy pass
   constexpr int kAIter = C::kBM * kCh / kThreads;  // 16-byte chunks per thread per stage
-  constexpr int kBIter = C::kBN * kCh / kThreads;
+  constexpr int kBIter = C::kTma ? 1 : C::kBN * kCh / kThreads;
   constexpr int kAcc = C::kBN / 2;  // fp32 accumulators per thread (64 x kBN per warpgroup)
   static_assert(C::kBM * kCh % kThreads == 0 && C::kBN * kCh % kThreads == 0 && kBNc % 8 == 0);
   extern __shared__ unsigned char smem_raw[];
@@ -244,10 +295,20 @@ __global__ void __launch_bounds__(C::kThreads, 1) GroupedGemmWgmmaKernel(Grouped
   unsigned char* smem =
       smem_raw + (smem_base - static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)));
 
+  __shared__ __align__(8) uint64_t full_b[C::kTma ? kStages : 1];  // kTma: weight tile landed
+
   const grouped::Tile tile = grouped::FindTile<C::kBM>(p.expert_offsets, p.n_experts, blockIdx.y);
   if (tile.expert < 0) return;
   const int n0 = blockIdx.x * kBNc;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wg = warp / 4;
+  const uint32_t bar0 = static_cast<uint32_t>(__cvta_generic_to_shared(full_b));
+  if constexpr (C::kTma) {
+    if (tid == 0) {
+      for (int s = 0; s < kStages; ++s) MbarInit(bar0 + 8 * s, 1);
+      MbarInitFence();
+    }
+    __syncthreads();
+  }
   const int chunk = tid % kCh;  // the 16-byte k chunk this thread copies
   const bf16* A = static_cast<const bf16*>(p.a);
   const bf16* W =
@@ -265,7 +326,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) GroupedGemmWgmmaKernel(Grouped
 #pragma unroll
   for (int i = 0; i < kBIter; ++i) {
     const int row = tid / kCh + i * kRowsPass, j = n0 + row % kBNc;
-    b_src[i] = j < p.n ? W + static_cast<int64_t>(row / kBNc * p.n + j) * p.k : nullptr;
+    b_src[i] = !C::kTma && j < p.n ? W + static_cast<int64_t>(row / kBNc * p.n + j) * p.k : nullptr;
   }
   const int n_k_tiles = (p.k + C::kBK - 1) / C::kBK;
   auto issue = [&](int kt) {
@@ -279,11 +340,23 @@ __global__ void __launch_bounds__(C::kThreads, 1) GroupedGemmWgmmaKernel(Grouped
         CpAsync16(as + Swz<C::kRowBytes>(tid / kCh + i * kRowsPass, chunk), ok ? a_src[i] + kc : A,
                   ok);
       }
+      if constexpr (C::kTma) {
+        // kHalves boxes of kBNc weight rows (rows past n are never stored; past the tensor: 0).
+        if (tid == 0) {
+          const uint32_t bar = bar0 + 8 * stage;
+          MbarExpectTx(bar, C::kBBytes);
 #pragma unroll
-      for (int i = 0; i < kBIter; ++i) {
-        const bool ok = b_src[i] != nullptr && kc < p.k;
-        CpAsync16L2(bs + Swz<C::kRowBytes>(tid / kCh + i * kRowsPass, chunk),
-                    ok ? b_src[i] + kc : W, ok);
+          for (int h = 0; h < kHalves; ++h)
+            TmaLoad2d(smem_base + stage * C::kStageBytes + C::kABytes + h * kBNc * C::kRowBytes,
+                      &w_map, kt * C::kBK, (tile.expert * kHalves + h) * p.n + n0, bar);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < kBIter; ++i) {
+          const bool ok = b_src[i] != nullptr && kc < p.k;
+          CpAsync16L2(bs + Swz<C::kRowBytes>(tid / kCh + i * kRowsPass, chunk),
+                      ok ? b_src[i] + kc : W, ok);
+        }
       }
     }
     CpAsyncCommit();  // one group per call keeps the wait count uniform
@@ -298,8 +371,9 @@ __global__ void __launch_bounds__(C::kThreads, 1) GroupedGemmWgmmaKernel(Grouped
   for (int kt = 0; kt < n_k_tiles; ++kt) {
     CpAsyncWait<kStages - 3>();  // k-tile kt has landed (this thread's copies) ...
     FenceProxyAsync();           // ... is visible to the tensor cores ...
-    __syncthreads();             // ... for everyone's copies; and wgmma(kt - 2) is done everywhere
-    issue(kt + kStages - 2);     // into the slot of k-tile kt - 2
+    if constexpr (C::kTma) MbarWait(bar0 + 8 * (kt % kStages), (kt / kStages) & 1);
+    __syncthreads();          // ... for everyone's copies; and wgmma(kt - 2) is done everywhere
+    issue(kt + kStages - 2);  // into the slot of k-tile kt - 2
     const uint32_t a_addr = smem_base + (kt % kStages) * C::kStageBytes + wg * 64 * C::kRowBytes;
     const uint32_t b_addr = smem_base + (kt % kStages) * C::kStageBytes + C::kABytes;
     FenceAcc<kAcc>(acc);
@@ -338,6 +412,51 @@ __global__ void __launch_bounds__(C::kThreads, 1) GroupedGemmWgmmaKernel(Grouped
 #endif
 }
 
+// cuTensorMapEncodeTiled from the driver (through the runtime: no libcuda link), once.
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiledFn GetEncodeTiled() {
+  static const EncodeTiledFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                         &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      f = nullptr;
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
+}
+
+// The tensor map over all experts' weight rows ([rows, k] bf16, 128-byte swizzle, box of 64 k
+// x box_rows rows), built once per (weights, rows, k, box) on the host and cached: launches
+// during CUDA graph capture only read the cache or encode on the host (no device work).
+absl::StatusOr<CUtensorMap> WeightMap(const void* w, int64_t rows, int k, int box_rows) {
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int64_t, int, int>, CUtensorMap> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(w, rows, k, box_rows);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  EncodeTiledFn encode = GetEncodeTiled();
+  if (encode == nullptr) return absl::InternalError("GroupedGemm: cuTensorMapEncodeTiled missing");
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem[2] = {1, 1};
+  const CUresult r =
+      encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(w), dims, strides, box,
+             elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    return absl::InternalError(absl::StrCat("GroupedGemm: cuTensorMapEncodeTiled error ", r));
+  if (cache.size() > 4096) cache.clear();  // bounded (weights are long-lived in practice)
+  cache.emplace(key, map);
+  return map;
+}
+
 template <GroupedEpilogue kEpi, class C>
 absl::Status LaunchWgEpi(const GroupedGemmParams& p, Stream stream) {
   constexpr int kBNc = C::kBN / (kEpi == GroupedEpilogue::kGatedAct ? 2 : 1);
@@ -356,7 +475,16 @@ absl::Status LaunchWgEpi(const GroupedGemmParams& p, Stream stream) {
   if (row_tiles > 65535)
     return absl::InvalidArgumentError("GroupedGemm: too many rows for one launch");
   const dim3 grid(CeilDiv(p.n, kBNc), static_cast<unsigned>(row_tiles));
-  GroupedGemmWgmmaKernel<kEpi, C><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p);
+  CUtensorMap map;
+  std::memset(&map, 0, sizeof(map));
+  if constexpr (C::kTma) {
+    constexpr int kHalves = kEpi == GroupedEpilogue::kGatedAct ? 2 : 1;
+    absl::StatusOr<CUtensorMap> m =
+        WeightMap(p.w, static_cast<int64_t>(p.n_experts) * kHalves * p.n, p.k, kBNc);
+    if (!m.ok()) return m.status();
+    map = *m;
+  }
+  GroupedGemmWgmmaKernel<kEpi, C><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, map);
   BMS_CUDA_CHECK_LAUNCH("GroupedGemmWgmma");
   return absl::OkStatus();
 }
@@ -397,6 +525,10 @@ const WgVariant kWgVariants[] = {
     {"wg128x256k32", 128, &LaunchWg<WgCfg<2, 256, 9, 32>>},
     // k 32 per slot: 12 slots of 128 x 128 (192 KB), 10 k-tiles in flight.
     {"wg128x128k32", 128, &LaunchWg<WgCfg<2, 128, 12, 32>>},
+    // Weight tiles by the bulk tensor copy engine (TMA), A rows still gathered by cp.async.
+    {"wg128x256t", 128, &LaunchWg<WgCfg<2, 256, 4, 64, true>>},
+    {"wg128x128t", 128, &LaunchWg<WgCfg<2, 128, 5, 64, true>>},
+    {"wg64x128t", 64, &LaunchWg<WgCfg<1, 128, 4, 64, true>>},
 };
 
 }  // namespace

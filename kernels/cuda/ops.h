@@ -304,7 +304,8 @@ int GroupedGemmHeuristicVariant(const GroupedGemmParams& p);
 
 // Picks a GroupedGemm variant per shape class (n, k, epilogue, n_experts, dtype, rows rounded up
 // to a power of two) by timing every applicable variant once on the device, on the caller's
-// operands with uniform routing (same row count), and caches the winner. With timing off, or
+// operands with a uniform and an uneven routing (same row count; scored by the sum), and caches
+// the winner. With timing off, or
 // when the stream is being captured into a CUDA graph and the class is new, the heuristic
 // choice is cached instead (so a class never changes its variant afterwards). Owned by one
 // backend; thread-safe.
