@@ -12,12 +12,13 @@
 // h_s completes h_t = h0_t + prod a * h_s. One exp per (token, channel, state), fp32 throughout.
 //
 // Staging: every thread owns whole 8-byte pieces of the chunk's rows (u, dt, z of the block's 8
-// channels; B and C). The u / dt pieces of chunk k + 1 are loaded into registers (z by cp.async
-// into shared memory) before chunk k is scanned (in flight during the scan), its B / C pieces
-// after the scan (in flight during the output), and all are written to shared memory, transposed to
-// [channel][token] / [state][token], once chunk k is done. dt gets bias + softplus there; the D
-// skip and the SiLU(z) gate are applied by the scanning lane; the output leaves as 8-byte row
-// pieces.
+// channels; B and C). The u / dt / z pieces of chunk k + 1 are copied into raw shared rows by
+// cp.async before chunk k is scanned (in flight during the scan), its B / C pieces are loaded
+// into registers after the scan (in flight during the output), and all are converted and
+// transposed to [channel][token] / [state][token] shared rows once chunk k is done. dt gets bias
+// + softplus there; the D skip and the SiLU(z) gate are applied by the scanning lane; the output
+// leaves as 8-byte row pieces. BMS_SCAN_PARALLEL_TILE picks 2 states per step (kNP, overlapping
+// shuffle chains) or 4-token runs for long sequences (an A/B knob; see LongTileFromEnv).
 #include <cstdlib>
 #include <cstring>
 
@@ -31,13 +32,13 @@ constexpr int kThreads = 256;  // 8 warps
 constexpr int kCh = 8;         // channels per block (one warp each)
 constexpr int kN = 16;         // d_state
 
-template <typename T, int kItems_, int kUnroll_>
+template <typename T, int kItems_, int kNP_>
 struct ParTile {
-  static constexpr int kItems = kItems_;    // tokens per lane
-  static constexpr int kUnroll = kUnroll_;  // states in flight per warp (unroll of the state loop)
+  static constexpr int kItems = kItems_;  // tokens per lane
+  static constexpr int kNP = kNP_;        // states scanned at a time (independent chains)
   // Blocks per SM the registers are capped for (80 / 64 registers): 3 blocks of 256 threads
   // hold a whole 2.8b layer (368 blocks) of one sequence in one wave on 132 SMs.
-  static constexpr int kMinBlocks = kItems == 4 && kUnroll == 1 && sizeof(T) == 2 ? 4 : 3;
+  static constexpr int kMinBlocks = kItems == 4 && kNP == 1 && sizeof(T) == 2 ? 4 : 3;
   static constexpr int kChunk = 32 * kItems;
   static constexpr int kRowF = kChunk + 4;                   // fp32 shared row (+16 B)
   static constexpr int kRowT = kChunk + 16 / sizeof(T);      // T shared row (+16 B)
@@ -58,7 +59,10 @@ struct ParSmem {
   float g[kCh][Tile::kRowF];  // SiLU(z); the scanning lane overwrites it with the output
   T B[kN][Tile::kRowT];
   T C[kN][Tile::kRowT];
-  uint2 z[Tile::kChunk][Tile::kChPieces];  // raw z rows of the next chunk (cp.async)
+  // Raw u / dt / z rows of the next chunk (cp.async; each thread reads back its own pieces).
+  uint2 u_raw[Tile::kChunk][Tile::kChPieces];
+  uint2 dt_raw[Tile::kChunk][Tile::kChPieces];
+  uint2 z[Tile::kChunk][Tile::kChPieces];
 };
 
 // 8-byte asynchronous global -> shared copy (sm_80+), and the wait for all of a thread's copies.
@@ -96,8 +100,9 @@ __global__ void __launch_bounds__(kThreads, Tile::kMinBlocks)
     ScanParallelKernel(SelectiveScanParams p) {
   constexpr int kItems = Tile::kItems, kChunk = Tile::kChunk, kPer = Tile::kPer;
   constexpr int kChPieces = Tile::kChPieces, kNPieces = Tile::kNPieces;
-  constexpr int kUP = Tile::kUP, kBP = Tile::kBP;
-  __shared__ __align__(16) ParSmem<T, Tile> sm;
+  constexpr int kUP = Tile::kUP, kBP = Tile::kBP, kNP = Tile::kNP;
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  ParSmem<T, Tile>& sm = *reinterpret_cast<ParSmem<T, Tile>*>(smem_bytes);
   const int tid = threadIdx.x, w = tid / 32, j = tid % 32;
   const int c0 = blockIdx.x * kCh, c = c0 + w;
   const int b = blockIdx.y;
@@ -126,19 +131,18 @@ __global__ void __launch_bounds__(kThreads, Tile::kMinBlocks)
   constexpr int kURows = kThreads / kChPieces, kBRows = kThreads / kNPieces;
   const int u_row = tid / kChPieces, u_sub = tid % kChPieces;
   const int b_row = tid / kNPieces, b_sub = tid % kNPieces;
-  uint2 pu[kUP], pd[kUP], pb[kBP], pc[kBP];
+  uint2 pb[kBP], pc[kBP];
   auto prefetch_udz = [&](int t0) {
     const int n_chunk = min(kChunk, len - t0);
 #pragma unroll
     for (int k = 0; k < kUP; ++k) {
       const int r = u_row + k * kURows;
-      pu[k] = pd[k] = make_uint2(0, 0);
-      if (r < n_chunk) {
+      if (r < n_chunk) {  // rows past the chunk are not read back
         const int64_t row = start + t0 + r;
         const int ch = c0 + u_sub * kPer;
-        pu[k] = *reinterpret_cast<const uint2*>(U + row * p.u_stride + ch);
-        pd[k] = *reinterpret_cast<const uint2*>(Dt + row * p.delta_stride + ch);
-        if (Z) CpAsync8(&sm.z[r][u_sub], Z + row * p.z_stride + ch);  // this thread reads it
+        CpAsync8(&sm.u_raw[r][u_sub], U + row * p.u_stride + ch);
+        CpAsync8(&sm.dt_raw[r][u_sub], Dt + row * p.delta_stride + ch);
+        if (Z) CpAsync8(&sm.z[r][u_sub], Z + row * p.z_stride + ch);
       }
     }
   };
@@ -160,9 +164,13 @@ __global__ void __launch_bounds__(kThreads, Tile::kMinBlocks)
 #pragma unroll
     for (int k = 0; k < kUP; ++k) {
       const int r = u_row + k * kURows;
-      const T* uv = reinterpret_cast<const T*>(&pu[k]);
-      const T* dv = reinterpret_cast<const T*>(&pd[k]);
-      const T* zv = reinterpret_cast<const T*>(&sm.z[r][u_sub]);
+      const uint2 zero = make_uint2(0, 0);
+      const uint2 ur = r < n_chunk ? sm.u_raw[r][u_sub] : zero;
+      const uint2 dr = r < n_chunk ? sm.dt_raw[r][u_sub] : zero;
+      const uint2 zr = r < n_chunk && Z ? sm.z[r][u_sub] : zero;
+      const T* uv = reinterpret_cast<const T*>(&ur);
+      const T* dv = reinterpret_cast<const T*>(&dr);
+      const T* zv = reinterpret_cast<const T*>(&zr);
 #pragma unroll
       for (int e = 0; e < kPer; ++e) {
         const int lc = u_sub * kPer + e;
@@ -211,41 +219,60 @@ __global__ void __launch_bounds__(kThreads, Tile::kMinBlocks)
       y[i] = Dc * duv[i];  // D skip
       duv[i] *= dtv[i];
     }
-#pragma unroll Tile::kUnroll
-    for (int n = 0; n < kN; ++n) {
-      const float a2 = __shfl_sync(0xffffffffu, a2_lane, n);
-      const float cin = __shfl_sync(0xffffffffu, carry, n);
-      float bv[kItems], cv[kItems], q[kItems];
-      LoadRun<T, kItems>(&sm.B[n][i0], bv);
-      LoadRun<T, kItems>(&sm.C[n][i0], cv);
-      // The run from a zero state: h0 (y gets C * h0) and the decay product P since the run's
-      // start; y later gets C * P * h_start (q = C * P) once the start state is known.
-      float ap = 1.f, bp = 0.f;
+    // kNP states at a time: independent chains whose shuffles overlap.
+#pragma unroll 1
+    for (int n0 = 0; n0 < kN; n0 += kNP) {
+      float a2[kNP], cin[kNP], ap[kNP], bp[kNP], q[kNP][kItems];
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        const float a = Exp2Ftz(dtv[i] * a2);
-        bp = fmaf(a, bp, bv[i] * duv[i]);
-        ap *= a;
-        y[i] = fmaf(cv[i], bp, y[i]);
-        q[i] = cv[i] * ap;
+      for (int s = 0; s < kNP; ++s) {
+        a2[s] = __shfl_sync(0xffffffffu, a2_lane, n0 + s);
+        cin[s] = __shfl_sync(0xffffffffu, carry, n0 + s);
+      }
+#pragma unroll
+      for (int s = 0; s < kNP; ++s) {
+        float bv[kItems], cv[kItems];
+        LoadRun<T, kItems>(&sm.B[n0 + s][i0], bv);
+        LoadRun<T, kItems>(&sm.C[n0 + s][i0], cv);
+        // The run from a zero state: h0 (y gets C * h0) and the decay product P since the run's
+        // start; y later gets C * P * h_start (q = C * P) once the start state is known.
+        ap[s] = 1.f;
+        bp[s] = 0.f;
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+          const float a = Exp2Ftz(dtv[i] * a2[s]);
+          bp[s] = fmaf(a, bp[s], bv[i] * duv[i]);
+          ap[s] *= a;
+          y[i] = fmaf(cv[i], bp[s], y[i]);
+          q[s][i] = cv[i] * ap[s];
+        }
       }
       // Inclusive scan over the 32 lanes (earlier lanes first): (ao, bo) then (ap, bp).
 #pragma unroll
       for (int off = 1; off < 32; off <<= 1) {
-        const float ao = __shfl_up_sync(0xffffffffu, ap, off);
-        const float bo = __shfl_up_sync(0xffffffffu, bp, off);
+        float ao[kNP], bo[kNP];
+#pragma unroll
+        for (int s = 0; s < kNP; ++s) {
+          ao[s] = __shfl_up_sync(0xffffffffu, ap[s], off);
+          bo[s] = __shfl_up_sync(0xffffffffu, bp[s], off);
+        }
         if (j >= off) {
-          bp = fmaf(ap, bo, bp);
-          ap *= ao;
+#pragma unroll
+          for (int s = 0; s < kNP; ++s) {
+            bp[s] = fmaf(ap[s], bo[s], bp[s]);
+            ap[s] *= ao[s];
+          }
         }
       }
-      const float h_end = fmaf(ap, cin, bp);  // the state after this lane's run
-      float h = __shfl_up_sync(0xffffffffu, h_end, 1);
-      if (j == 0) h = cin;
-      const float next = __shfl_sync(0xffffffffu, h_end, 31);
-      if (j == n) carry = next;
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) y[i] = fmaf(q[i], h, y[i]);
+      for (int s = 0; s < kNP; ++s) {
+        const float h_end = fmaf(ap[s], cin[s], bp[s]);  // the state after this lane's run
+        float h = __shfl_up_sync(0xffffffffu, h_end, 1);
+        if (j == 0) h = cin[s];
+        const float next = __shfl_sync(0xffffffffu, h_end, 31);
+        if (j == n0 + s) carry = next;
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) y[i] = fmaf(q[s][i], h, y[i]);
+      }
     }
     float g[kItems];
     LoadRun<float, kItems>(&sm.g[w][i0], g);
@@ -268,26 +295,35 @@ __global__ void __launch_bounds__(kThreads, Tile::kMinBlocks)
   if (slot >= 0 && j < kN) state[j] = FromF32<S>(carry);
 }
 
-template <typename T, typename S, int kItems, int kUnroll>
-void Launch(const SelectiveScanParams& p, Stream stream) {
-  ScanParallelKernel<T, S, ParTile<T, kItems, kUnroll>>
-      <<<dim3(p.d_inner / kCh, p.batch), kThreads, 0, stream>>>(p);
+// Shared memory is dynamic (up to 54 KB per block: above the 48 KB static limit); the opt-in is
+// set once per kernel (not a stream operation: safe while a graph is being captured).
+template <typename T, typename S, int kItems, int kNP>
+bool Launch(const SelectiveScanParams& p, Stream stream) {
+  using Tile = ParTile<T, kItems, kNP>;
+  constexpr int kSmem = sizeof(ParSmem<T, Tile>);
+  static const bool attr_ok =
+      cudaFuncSetAttribute(ScanParallelKernel<T, S, Tile>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) == cudaSuccess;
+  if (!attr_ok) return false;
+  ScanParallelKernel<T, S, Tile><<<dim3(p.d_inner / kCh, p.batch), kThreads, kSmem, stream>>>(p);
+  return true;
 }
 
 // Tiling of the bf16 kernel for long sequences (mean >= 192 tokens): lane run (4 / 8 tokens) and
-// state-loop unroll (1 / 2). BMS_SCAN_PARALLEL_TILE=8x1 (default), 8x2, 4x1 or 4x2, read once:
-// an A/B knob for bms_kernel_bench_scan. Short sequences always run 4 x 1.
+// states scanned at a time (1 / 2). BMS_SCAN_PARALLEL_TILE=8x2 (default), 8x1, 4x1 or 4x2, read
+// once: an A/B knob for bms_kernel_bench_scan. H100, 1 x 2048 tokens at d_inner 2944: 8x2
+// 114.9 us, 8x1 117.7, 4x2 130.1, 4x1 140.1 (bench/NOTES.md). Short sequences run 4 x 1.
 struct LongTile {
-  int items = 8, unroll = 1;
+  int items = 8, states = 2;
 };
 LongTile LongTileFromEnv() {
   static const LongTile tile = [] {
     LongTile t;
     const char* v = std::getenv("BMS_SCAN_PARALLEL_TILE");
     if (v == nullptr) return t;
-    if (std::strcmp(v, "8x2") == 0) t.unroll = 2;
-    if (std::strcmp(v, "4x1") == 0) t.items = 4;
-    if (std::strcmp(v, "4x2") == 0) t = {4, 2};
+    if (std::strcmp(v, "8x1") == 0) t.states = 1;
+    if (std::strcmp(v, "4x1") == 0) t = {4, 1};
+    if (std::strcmp(v, "4x2") == 0) t.items = 4;
     return t;
   }();
   return tile;
@@ -308,26 +344,17 @@ bool LaunchScanParallel(const SelectiveScanParams& p, Stream stream) {
     return false;
   // Lane runs of 8 tokens (chunks of 256) when the sequences are long on average, else 4
   // (chunks of 128: short sequences leave fewer lanes idle). fp32 activations: 4 (the
-  // prefetched pieces of a chunk are twice as many registers).
+  // prefetched B / C pieces of a chunk are twice as many registers).
   const bool long_seqs = p.n_tokens <= 0 || p.n_tokens >= 192 * p.batch;
-  DispatchState(p.ssm_state_dtype, [&](auto s) {
+  return DispatchState(p.ssm_state_dtype, [&](auto s) {
     using S = decltype(s);
-    if (p.dtype == DType::kBF16) {
-      const LongTile t = long_seqs ? LongTileFromEnv() : LongTile{4, 1};
-      if (t.items == 8 && t.unroll == 2)
-        Launch<bf16, S, 8, 2>(p, stream);
-      else if (t.items == 8)
-        Launch<bf16, S, 8, 1>(p, stream);
-      else if (t.unroll == 2)
-        Launch<bf16, S, 4, 2>(p, stream);
-      else
-        Launch<bf16, S, 4, 1>(p, stream);
-    } else {
-      Launch<float, S, 4, 1>(p, stream);
-    }
-    return 0;
+    if (p.dtype != DType::kBF16) return Launch<float, S, 4, 1>(p, stream);
+    const LongTile t = long_seqs ? LongTileFromEnv() : LongTile{4, 1};
+    if (t.items == 8 && t.states == 2) return Launch<bf16, S, 8, 2>(p, stream);
+    if (t.items == 8) return Launch<bf16, S, 8, 1>(p, stream);
+    if (t.states == 2) return Launch<bf16, S, 4, 2>(p, stream);
+    return Launch<bf16, S, 4, 1>(p, stream);
   });
-  return true;
 }
 
 }  // namespace bms::cuda
