@@ -128,6 +128,54 @@ int Main(int argc, char** argv) {
   const float* A = vec->as<float>();
   const float* conv_weight = conv_w->as<float>();
   const char* dbc_p = dbc->as<char>();
+  // The engine's conv / scan calls over the shared buffers (bf16 activations; B / C inside the
+  // x_proj rows at dt_rank, z = the second half of the in_proj rows).
+  auto conv_params = [&](int batch, int n_tokens, int n_slots, const void* cu, const int32_t* slots,
+                         const void* has, void* state, cuda::StateStorage st, bool legacy) {
+    return cuda::CausalConv1dParams{.batch = batch,
+                                    .n_tokens = n_tokens,
+                                    .d_inner = d_inner,
+                                    .d_conv = kW,
+                                    .n_slots = n_slots,
+                                    .dtype = cuda::DType::kBF16,
+                                    .cu_seqlens = static_cast<const int32_t*>(cu),
+                                    .slots = slots,
+                                    .has_initial_state = static_cast<const uint8_t*>(has),
+                                    .x = xz->get(),
+                                    .x_stride = 2 * d_inner,
+                                    .weight = conv_weight,
+                                    .silu = true,
+                                    .out = out->get(),
+                                    .conv_state = state,
+                                    .conv_state_dtype = st,
+                                    .legacy = legacy};
+  };
+  auto scan_params = [&](int batch, int n_tokens, int n_slots, const void* cu, const int32_t* slots,
+                         const void* has, void* state, cuda::StateStorage st, bool legacy) {
+    return cuda::SelectiveScanParams{.batch = batch,
+                                     .n_tokens = n_tokens,
+                                     .d_inner = d_inner,
+                                     .d_state = kN,
+                                     .n_slots = n_slots,
+                                     .dtype = cuda::DType::kBF16,
+                                     .cu_seqlens = static_cast<const int32_t*>(cu),
+                                     .slots = slots,
+                                     .has_initial_state = static_cast<const uint8_t*>(has),
+                                     .u = xc->get(),
+                                     .delta = dtb->get(),
+                                     .delta_softplus = true,
+                                     .A = A,
+                                     .B = dbc_p + dt_rank * 2,
+                                     .B_stride = xdbl,
+                                     .C = dbc_p + (dt_rank + kN) * 2,
+                                     .C_stride = xdbl,
+                                     .z = xz->as<char>() + d_inner * 2,
+                                     .z_stride = 2 * d_inner,
+                                     .out = out->get(),
+                                     .ssm_state = state,
+                                     .ssm_state_dtype = st,
+                                     .legacy = legacy};
+  };
 
   std::vector<Row> rows;
   // ---- Decode: batch B of 1-token sequences on rotating slots of a pool > L2. ----
@@ -164,53 +212,16 @@ int Main(int argc, char** argv) {
       float us[2][2];  // [conv, scan][new, legacy]
       for (int legacy = 0; legacy < 2; ++legacy) {
         auto conv_t = timed([&](int r) {
-          return cuda::CausalConv1dVarlen({.batch = B,
-                                           .n_tokens = B,
-                                           .d_inner = d_inner,
-                                           .d_conv = kW,
-                                           .n_slots = pool,
-                                           .dtype = cuda::DType::kBF16,
-                                           .cu_seqlens = dcu->as<int32_t>(),
-                                           .slots = slots + static_cast<size_t>(r) * max_b,
-                                           .has_initial_state = dhas->as<uint8_t>(),
-                                           .x = xz->get(),
-                                           .x_stride = 2 * d_inner,
-                                           .weight = conv_weight,
-                                           .bias = nullptr,
-                                           .silu = true,
-                                           .out = out->get(),
-                                           .conv_state = conv->get(),
-                                           .conv_state_dtype = st,
-                                           .legacy = legacy == 1},
-                                          stream);
+          return cuda::CausalConv1dVarlen(
+              conv_params(B, B, pool, dcu->get(), slots + static_cast<size_t>(r) * max_b,
+                          dhas->get(), conv->get(), st, legacy == 1),
+              stream);
         });
         auto scan_t = timed([&](int r) {
-          return cuda::SelectiveScanVarlen({.batch = B,
-                                            .n_tokens = B,
-                                            .d_inner = d_inner,
-                                            .d_state = kN,
-                                            .n_slots = pool,
-                                            .dtype = cuda::DType::kBF16,
-                                            .cu_seqlens = dcu->as<int32_t>(),
-                                            .slots = slots + static_cast<size_t>(r) * max_b,
-                                            .has_initial_state = dhas->as<uint8_t>(),
-                                            .u = xc->get(),
-                                            .delta = dtb->get(),
-                                            .delta_bias = nullptr,
-                                            .delta_softplus = true,
-                                            .A = A,
-                                            .B = dbc_p + dt_rank * 2,
-                                            .B_stride = xdbl,
-                                            .C = dbc_p + (dt_rank + kN) * 2,
-                                            .C_stride = xdbl,
-                                            .D = nullptr,
-                                            .z = xz->as<char>() + d_inner * 2,
-                                            .z_stride = 2 * d_inner,
-                                            .out = out->get(),
-                                            .ssm_state = ssm->get(),
-                                            .ssm_state_dtype = st,
-                                            .legacy = legacy == 1},
-                                           stream);
+          return cuda::SelectiveScanVarlen(
+              scan_params(B, B, pool, dcu->get(), slots + static_cast<size_t>(r) * max_b,
+                          dhas->get(), ssm->get(), st, legacy == 1),
+              stream);
         });
         if (!conv_t.ok()) return Fail(conv_t.status());
         if (!scan_t.ok()) return Fail(scan_t.status());
@@ -257,49 +268,17 @@ int Main(int argc, char** argv) {
       if (auto s = cuda::CopyToDevice(dcu2->get(), cu2.data(), cu2.size() * 4); !s.ok())
         return Fail(s);
       auto conv_call = [&](bool legacy) {
-        return cuda::CausalConv1dVarlen({.batch = nseq,
-                                         .n_tokens = n_tok,
-                                         .d_inner = d_inner,
-                                         .d_conv = kW,
-                                         .n_slots = kMaxSeq,
-                                         .dtype = cuda::DType::kBF16,
-                                         .cu_seqlens = dcu2->as<int32_t>(),
-                                         .slots = dslot->as<int32_t>(),
-                                         .has_initial_state = dfirst->as<uint8_t>(),
-                                         .x = xz->get(),
-                                         .x_stride = 2 * d_inner,
-                                         .weight = conv_weight,
-                                         .silu = true,
-                                         .out = out->get(),
-                                         .conv_state = conv->get(),
-                                         .legacy = legacy},
-                                        stream);
+        return cuda::CausalConv1dVarlen(
+            conv_params(nseq, n_tok, kMaxSeq, dcu2->get(), dslot->as<int32_t>(), dfirst->get(),
+                        conv->get(), cuda::StateStorage::kF32, legacy),
+            stream);
       };
       auto scan_call = [&](bool legacy, cuda::ScanPrefillKernel kernel) {
-        return cuda::SelectiveScanVarlen({.batch = nseq,
-                                          .n_tokens = n_tok,
-                                          .d_inner = d_inner,
-                                          .d_state = kN,
-                                          .n_slots = kMaxSeq,
-                                          .dtype = cuda::DType::kBF16,
-                                          .cu_seqlens = dcu2->as<int32_t>(),
-                                          .slots = dslot->as<int32_t>(),
-                                          .has_initial_state = dfirst->as<uint8_t>(),
-                                          .u = xc->get(),
-                                          .delta = dtb->get(),
-                                          .delta_softplus = true,
-                                          .A = A,
-                                          .B = dbc_p + dt_rank * 2,
-                                          .B_stride = xdbl,
-                                          .C = dbc_p + (dt_rank + kN) * 2,
-                                          .C_stride = xdbl,
-                                          .z = xz->as<char>() + d_inner * 2,
-                                          .z_stride = 2 * d_inner,
-                                          .out = out->get(),
-                                          .ssm_state = ssm->get(),
-                                          .legacy = legacy,
-                                          .prefill_kernel = kernel},
-                                         stream);
+        cuda::SelectiveScanParams q =
+            scan_params(nseq, n_tok, kMaxSeq, dcu2->get(), dslot->as<int32_t>(), dfirst->get(),
+                        ssm->get(), cuda::StateStorage::kF32, legacy);
+        q.prefill_kernel = kernel;
+        return cuda::SelectiveScanVarlen(q, stream);
       };
       float conv_us[2], scan_us[3];
       for (int legacy = 0; legacy < 2; ++legacy) {
