@@ -88,12 +88,19 @@ __device__ __forceinline__ void LoadRun(const T* src, float (&dst)[N]) {
   }
 }
 
-// softplus and SiLU with the fast exp / log / divide (~2 ulp; once per (token, channel), next
-// to 16 exps of the scan).
-__device__ __forceinline__ float FastSoftplus(float x) {
+// softplus and SiLU of the staging: bf16 activations use the fast exp / log / divide (~2 ulp;
+// once per (token, channel), next to 16 exps of the scan), fp32 activations the accurate ones
+// of the reference (the fp32 backend is compared with the CPU one token for token).
+template <typename T>
+__device__ __forceinline__ float StageSoftplus(float x) {
+  if constexpr (sizeof(T) == 4) return SoftplusF(x);
   return x > 20.f ? x : __logf(1.f + __expf(x));
 }
-__device__ __forceinline__ float FastSilu(float x) { return __fdividef(x, 1.f + __expf(-x)); }
+template <typename T>
+__device__ __forceinline__ float StageSilu(float x) {
+  if constexpr (sizeof(T) == 4) return SiluF(x);
+  return __fdividef(x, 1.f + __expf(-x));
+}
 
 template <typename T, typename S, typename Tile>
 __global__ void __launch_bounds__(kThreads, Tile::kMinBlocks)
@@ -177,11 +184,11 @@ __global__ void __launch_bounds__(kThreads, Tile::kMinBlocks)
         float dt = 0.f;  // past the chunk: dt = 0 (a = 1, b = 0: identity steps)
         if (r < n_chunk) {
           dt = ToF32(dv[e]) + (p.delta_bias ? p.delta_bias[c0 + lc] : 0.f);
-          if (p.delta_softplus) dt = FastSoftplus(dt);
+          if (p.delta_softplus) dt = StageSoftplus<T>(dt);
         }
         sm.dt[lc][r] = dt;
         sm.u[lc][r] = ToF32(uv[e]);
-        sm.g[lc][r] = Z && r < n_chunk ? FastSilu(ToF32(zv[e])) : 1.f;
+        sm.g[lc][r] = Z && r < n_chunk ? StageSilu<T>(ToF32(zv[e])) : 1.f;
       }
     }
 #pragma unroll
