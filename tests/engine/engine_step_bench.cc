@@ -5,6 +5,7 @@
 // A measurement tool (bench/NOTES.md "Engine host work per step"), not a test.
 //
 //   engine_step_bench [concurrency=256] [gen_len=512] [rounds=3] [prompt_len=32] [poll_ms=0]
+//                     [async_publish_min_events=32]
 //
 // Each round submits `concurrency` requests at once (random prompts, gen_len tokens each,
 // EOS ignored) and waits for all of them; one consumer thread drains every channel when
@@ -82,6 +83,8 @@ int main(int argc, char** argv) {
   // 0: the consumer drains when notified; N > 0: it ignores notifications and drains every
   // N ms (isolates the engine's own cost from lock contention with the consumer).
   const int poll_ms = Arg(argc, argv, 5, 0);
+  // EngineOptions::async_publish_min_events (0: every event pushed on the engine thread).
+  const int async_min = Arg(argc, argv, 6, EngineOptions().async_publish_min_events);
   if (concurrency < 1 || gen_len < 1 || rounds < 1 || prompt_len < 1) {
     std::fprintf(stderr,
                  "usage: engine_step_bench [concurrency] [gen_len] [rounds] [prompt_len]\n");
@@ -92,6 +95,7 @@ int main(int argc, char** argv) {
   o.max_num_batched_tokens = 2048;
   o.max_queued_requests = concurrency + 1;
   o.eos_token_id = 0;
+  o.async_publish_min_events = async_min;
   auto engine = Engine::Create(std::make_unique<ZeroBackend>(concurrency, kVocab), o);
   if (!engine.ok() || !(*engine)->Start().ok()) {
     std::fprintf(stderr, "engine start failed\n");
@@ -185,8 +189,10 @@ int main(int argc, char** argv) {
     }
   }
   e.Stop();
-  std::printf("engine_step_bench: concurrency=%d gen_len=%d rounds=%d prompt_len=%d poll_ms=%d\n",
-              concurrency, gen_len, rounds, prompt_len, poll_ms);
+  std::printf(
+      "engine_step_bench: concurrency=%d gen_len=%d rounds=%d prompt_len=%d poll_ms=%d "
+      "async_publish_min_events=%d\n",
+      concurrency, gen_len, rounds, prompt_len, poll_ms, async_min);
   std::printf("%-44s %10s\n", "metric", "value");
   std::printf("%-44s %10lld\n", "engine steps", static_cast<long long>(steps_all));
   std::printf("%-44s %10.4f\n", "step time, all steps (ms)",
