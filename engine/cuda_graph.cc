@@ -338,7 +338,8 @@ absl::Status CudaBackendImpl::PrepareForServing(int max_decode_batch, int max_to
     if (device_sampling_) {
       // The sampled graphs read the sampling block at a fixed address: give it room for
       // kSamplingEntriesPerRow sparse entries (logit_bias, min_tokens masks, penalty counts) per
-      // row of the largest batch, so that serving rarely outgrows it (growth recaptures).
+      // state slot (bounded), so that serving rarely outgrows it (growth recaptures the
+      // sampling graphs on use, logged).
       const size_t entries = std::min<size_t>(
           kMaxReservedSamplingEntries,
           std::max<size_t>(sampling_.min_entries,

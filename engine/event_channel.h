@@ -26,9 +26,10 @@ class EventChannel {
   std::optional<GenerationEvent> Pop(std::chrono::milliseconds timeout);
   std::optional<GenerationEvent> TryPop();
   std::deque<GenerationEvent> DrainAll();
-  // Called (on the engine thread, without the channel's lock) after each Push. Must be cheap
-  // and must not call back into the engine synchronously. If events are already pending when
-  // it is set, it is also called once right away, on the calling thread.
+  // Called (on the engine thread or its event-delivery thread, without the channel's lock)
+  // after each Push. Must be cheap, thread-safe, and must not call back into the engine
+  // synchronously. If events are already pending when it is set, it is also called once right
+  // away, on the calling thread.
   void SetNotifier(std::function<void()> notify);
   // The consumer is gone: the engine cancels the request at its next step. Pending and later
   // events are dropped.
