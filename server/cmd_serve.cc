@@ -336,11 +336,16 @@ int ServeCommand(const Args& args) {
       " backend=", v.backend, " slots=", bo.num_slots, " state_bytes_per_slot=", slot_bytes));
   {
     const EngineStats st = (*engine)->Stats();
-    LogLine(absl::StrFormat(
-        "bmserve serve: start-up: warm-up + backend preparation %.2f s; %d CUDA graphs (batch "
-        "buckets up to %d), graphs %.1f MiB, activation workspace %.1f MiB",
-        st.warmup_seconds, st.graphs.graphs, st.graphs.max_batch,
-        st.graphs.graph_bytes / 1048576.0, st.graphs.workspace_bytes / 1048576.0));
+    std::string graphs;
+    if (st.graphs.graphs > 0 || st.graphs.workspace_bytes > 0) {
+      graphs = absl::StrFormat(
+          "; %d CUDA graphs (batch buckets up to %d), graphs %.1f MiB, activation workspace "
+          "%.1f MiB",
+          st.graphs.graphs, st.graphs.max_batch, st.graphs.graph_bytes / 1048576.0,
+          st.graphs.workspace_bytes / 1048576.0);
+    }
+    LogLine(absl::StrFormat("bmserve serve: start-up: warm-up + backend preparation %.2f s%s",
+                            st.warmup_seconds, graphs));
   }
   if (!ctx.api_keys.enabled() && v.host != "127.0.0.1" && v.host != "::1" &&
       v.host != "localhost") {
