@@ -111,21 +111,40 @@ int StreamLinearMaxRows() {
   int v = g_stream_rows.load(std::memory_order_relaxed);
   if (v < 0) {
     const char* env = std::getenv("BMS_GEMV_STREAM");
-    v = env == nullptr               ? 1
-        : std::strcmp(env, "0") == 0 ? 0
-        : std::strcmp(env, "1") == 0 ? kSmallMMaxRows
-                                     : 1;
+    v = env == nullptr                  ? 0
+        : std::strcmp(env, "1") == 0    ? kSmallMMaxRows
+        : std::strcmp(env, "auto") == 0 ? 0
+                                        : std::max(std::atoi(env), 0);
     g_stream_rows.store(v, std::memory_order_relaxed);
   }
   return v;
 }
 void SetStreamLinearMaxRows(int rows) { g_stream_rows.store(std::max(rows, 0)); }
 
+namespace {
+std::atomic<int> g_stream_auto{-1};  // -1: not yet read from BMS_GEMV_STREAM
+}  // namespace
+bool StreamLinearAuto() {
+  int v = g_stream_auto.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* env = std::getenv("BMS_GEMV_STREAM");
+    v = env != nullptr && std::strcmp(env, "auto") == 0 ? 1 : 0;
+    g_stream_auto.store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
+}
+void SetStreamLinearAuto(bool on) { g_stream_auto.store(on ? 1 : 0); }
+
 absl::Status GemmRunner::Linear(const LinearParams& p, Stream stream) {
   if (LegacyKernels() || !p.x || !p.w || !p.y) return LinearCublas(p, stream);
   // Small weights (x_proj, dt_proj) stay on SmallMLinear unless BMS_GEMV_STREAM=1 forces the
   // streaming kernel for every supported shape.
   const bool small = SmallMLinearSupported(p);
+  if (!small && p.m == 1 && StreamLinearAuto()) {
+    const SmallMPath path = StreamLinearAutoPath(p);
+    if (path != SmallMPath::kCublas)
+      return StreamLinearWith(p, path == SmallMPath::kStreamRing, stream);
+  }
   const int stream_rows = StreamLinearMaxRows();
   if (p.m <= stream_rows && (!small || stream_rows >= kSmallMMaxRows) && StreamLinearSupported(p))
     return StreamLinear(p, stream);

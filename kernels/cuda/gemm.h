@@ -46,12 +46,28 @@ absl::Status SmallMLinear(const LinearParams& p, Stream stream);
 // weights too big for SmallMLinear.
 bool StreamLinearSupported(const LinearParams& p);
 absl::Status StreamLinear(const LinearParams& p, Stream stream);
-// Rows up to which GemmRunner::Linear uses StreamLinear: 1 by default (H100: at m = 1 it matched
-// or beat cuBLASLt on in_proj / out_proj / LM head; at m = 8 its FMA path is slower), read once
-// from BMS_GEMV_STREAM (0 = never, 1 = every m <= kSmallMMaxRows); the setter is for tests and
+// Rows up to which GemmRunner::Linear uses StreamLinear: 0 (never) by default: on the H100,
+// timed back to back, cuBLASLt streamed in_proj / out_proj faster (bench/NOTES.md, gemv
+// section). Read once from BMS_GEMV_STREAM (1 = every m <= kSmallMMaxRows, shapes SmallMLinear
+// takes included; N > 1 = m <= N for weights beyond SmallMLinear's); the setter is for tests and
 // benchmarks. Process-wide.
 int StreamLinearMaxRows();
 void SetStreamLinearMaxRows(int rows);
+// StreamLinear's kernel: the per-warp cp.async ring (default; kernels/cuda/gemv_stream_pipe.cu,
+// k up to ~13k) or the register-only one (also the fallback for longer k). For tests/benchmarks.
+bool StreamLinearPipelined();
+void SetStreamLinearPipelined(bool on);
+// StreamLinear with the kernel chosen explicitly (ring: the cp.async ring when k fits).
+absl::Status StreamLinearWith(const LinearParams& p, bool ring, Stream stream);
+
+// BMS_GEMV_STREAM=auto (read once; off by default until run through the engine on a device):
+// GemmRunner::Linear at m = 1 with weights beyond SmallMLinear's runs StreamLinearAutoPath's
+// choice, a size rule from the H100 measurements (few columns: the ring kernel, one column per
+// warp; very many columns (LM head): the register kernel; else cuBLASLt).
+enum class SmallMPath : uint8_t { kCublas, kStreamRing, kStreamRegs };
+SmallMPath StreamLinearAutoPath(const LinearParams& p);
+bool StreamLinearAuto();
+void SetStreamLinearAuto(bool on);
 
 class GemmRunner {
  public:

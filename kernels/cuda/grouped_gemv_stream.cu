@@ -15,23 +15,42 @@
 // Partial sums: warp butterfly (xor shuffles), then warps 1..kS-1 through shared memory summed
 // by warp 0 in a fixed order: deterministic, no atomics, capturable.
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/grouped_gemm_internal.cuh"
 
 namespace bms::cuda {
+
+// The cp.async-ring kernels (gemv_stream_pipe.cu).
+int PipeVariantCount();
+const char* PipeVariantName(int i);
+bool PipeVariantFits(const GroupedGemmParams& p);
+absl::Status LaunchPipeVariant(int i, const GroupedGemmParams& p, Stream stream);
+bool PipeLinearFits(const LinearParams& p);
+absl::Status PipeLinear(const LinearParams& p, Stream stream);
+bool GemvL2Hint();
+
 namespace {
 
 constexpr int kWarps = 4;  // per block
 constexpr int kThreads = kWarps * 32;
 constexpr int kMinBlocks = 4;  // per SM: at most 128 registers per thread
 
+template <bool kHint>
 __device__ __forceinline__ uint4 LoadStream(const void* p) {
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
+  if constexpr (kHint)
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+  else
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
   return v;
 }
 
@@ -48,7 +67,7 @@ __device__ __forceinline__ float Dot8Acc(const uint4& a, const uint4& w, float a
 
 // The per-warp streaming core: kH weight rows, kU vectors per lane per row per chunk, kR rows of
 // x per pass, the k range split over kS warps (this warp: s).
-template <int kH, int kU, int kR, int kS>
+template <int kH, int kU, int kR, int kS, bool kHint = true>
 struct Core {
   uint4 w[kH][kU];
   float acc[kH][kR];
@@ -63,7 +82,7 @@ struct Core {
       const int v = Vec(c, s, u, lane);
 #pragma unroll
       for (int h = 0; h < kH; ++h)
-        w[h][u] = v < n_vec ? LoadStream(wrow[h] + v * 8) : make_uint4(0, 0, 0, 0);
+        w[h][u] = v < n_vec ? LoadStream<kHint>(wrow[h] + v * 8) : make_uint4(0, 0, 0, 0);
     }
   }
   __device__ __forceinline__ void Zero() {
@@ -276,6 +295,13 @@ absl::Status LaunchGroupedCfg(const GroupedGemmParams& p, Stream stream) {
   return absl::InvalidArgumentError("GroupedGemm: bad epilogue");
 }
 
+// The ring variants; where k is too long for their shared memory, the register kernel.
+template <int kPipe, int kR>
+absl::Status LaunchPipeOrRegs(const GroupedGemmParams& p, Stream stream) {
+  if (PipeVariantFits(p)) return LaunchPipeVariant(kPipe, p, stream);
+  return LaunchGroupedCfg<kR, 1>(p, stream);
+}
+
 struct StreamVariant {
   const char* name;
   absl::Status (*launch)(const GroupedGemmParams&, Stream);
@@ -286,6 +312,9 @@ const StreamVariant kStreamVariants[] = {
     {"sgemv_r8", &LaunchGroupedCfg<8, 1>},
     {"sgemv_r4s2", &LaunchGroupedCfg<4, 2>},
     {"sgemv_r2s4", &LaunchGroupedCfg<2, 4>},
+    // cp.async ring per warp (gemv_stream_pipe.cu), 4 / 8 rows per pass.
+    {"spipe_r4", &LaunchPipeOrRegs<0, 4>},
+    {"spipe_r8", &LaunchPipeOrRegs<1, 8>},
 };
 
 // ---- dense ----
@@ -300,7 +329,7 @@ struct DenseArgs {
 };
 
 // Items: pairs of adjacent columns (j, j + 1), all m rows in one pass.
-template <typename TO, int kS>
+template <typename TO, int kS, bool kHint>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) DenseStreamKernel(DenseArgs a) {
   constexpr int kH = 2, kU = 8, kR = kSmallMMaxRows;
   constexpr int kItemsPerBlock = kWarps / kS;
@@ -319,7 +348,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DenseStreamKernel(DenseA
     const int j = 2 * min(item, total - 1);
     const bf16* wrow[kH] = {a.w + static_cast<int64_t>(j) * a.k,
                             a.w + static_cast<int64_t>(min(j + 1, a.n - 1)) * a.k};
-    Core<kH, kU, kR, kS> core;
+    Core<kH, kU, kR, kS, kHint> core;
     core.Zero();
     for (int c = 0; c < n_chunks; ++c) {
       if (nr > 0) {
@@ -341,14 +370,22 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DenseStreamKernel(DenseA
   }
 }
 
-template <typename TO, int kS>
-void LaunchDense(const DenseArgs& a, Stream stream) {
-  auto kernel = DenseStreamKernel<TO, kS>;
+template <typename TO, int kS, bool kHint>
+void LaunchDenseK(const DenseArgs& a, Stream stream) {
+  auto kernel = DenseStreamKernel<TO, kS, kHint>;
   static const int occupancy = QueryOccupancy(kernel);
   const int items = (a.n + 1) / 2;
   const int want = CeilDiv(items, kWarps / kS);
   const int blocks = std::max(1, std::min(want, occupancy * SmCount()));
   kernel<<<blocks, kThreads, 0, stream>>>(a);
+}
+
+template <typename TO, int kS>
+void LaunchDense(const DenseArgs& a, Stream stream) {
+  if (GemvL2Hint())
+    LaunchDenseK<TO, kS, true>(a, stream);
+  else
+    LaunchDenseK<TO, kS, false>(a, stream);
 }
 
 template <typename TO>
@@ -391,7 +428,39 @@ int StreamLinearSplit(const LinearParams& p) {
   return split;
 }
 
+namespace {
+std::atomic<bool> g_pipelined{true};
+}  // namespace
+
+// The 256-byte L2 prefetch hint on the dense and ring kernels' weight loads: on unless
+// BMS_GEMV_L2HINT=0 (read once; an A/B switch for the benchmark).
+bool GemvL2Hint() {
+  static const bool on = [] {
+    const char* env = std::getenv("BMS_GEMV_L2HINT");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  return on;
+}
+bool StreamLinearPipelined() { return g_pipelined.load(std::memory_order_relaxed); }
+void SetStreamLinearPipelined(bool on) { g_pipelined.store(on); }
+
 absl::Status StreamLinear(const LinearParams& p, Stream stream) {
+  return StreamLinearWith(p, StreamLinearPipelined(), stream);
+}
+
+// H100 (bench/NOTES.md, gemv section), m = 1, timed back to back: out_proj [1472, 2944] ring
+// 10.7 us vs cuBLASLt split-K + reduce 13.8; LM head [50304, 1472] registers 57.0 vs 58.7 (87%
+// of copy bandwidth); in_proj [5888, 1472] cuBLASLt 10.0 vs 13.1 / 14.4.
+SmallMPath StreamLinearAutoPath(const LinearParams& p) {
+  if (p.m != 1 || !StreamLinearSupported(p)) return SmallMPath::kCublas;
+  const int64_t sms = SmCount();
+  // Few columns: one column per warp puts the whole matrix in flight at once.
+  if ((p.n + 1) / 2 < 8 * sms && PipeLinearFits(p)) return SmallMPath::kStreamRing;
+  if (p.n >= 64 * sms) return SmallMPath::kStreamRegs;  // long persistent stream
+  return SmallMPath::kCublas;
+}
+
+absl::Status StreamLinearWith(const LinearParams& p, bool ring, Stream stream) {
   if (!p.x || !p.w || !p.y || !StreamLinearSupported(p))
     return absl::InvalidArgumentError("StreamLinear: shape, dtype or alignment not supported");
   const DenseArgs a{p.m,
@@ -402,6 +471,7 @@ absl::Status StreamLinear(const LinearParams& p, Stream stream) {
                     static_cast<const bf16*>(p.w),
                     p.y,
                     p.y_stride ? p.y_stride : p.n};
+  if (ring && PipeLinearFits(p)) return PipeLinear(p, stream);
   const int split = StreamLinearSplit(p);
   if (p.out_dtype == DType::kF32)
     LaunchDenseS<float>(a, split, stream);

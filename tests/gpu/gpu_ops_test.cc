@@ -181,6 +181,14 @@ TEST_P(OpsTest, StreamLinearMatchesReference) {
   }
   EXPECT_FALSE(cuda::StreamLinearSupported({.m = 9, .n = 8, .k = 8, .in_dtype = dt()}));
   EXPECT_FALSE(cuda::StreamLinearSupported({.m = 1, .n = 8, .k = 92, .in_dtype = dt()}));
+  // The auto rule's choices at the 2.8b decode shapes (m = 1).
+  auto path = [](int m, int n, int k) {
+    return cuda::StreamLinearAutoPath({.m = m, .n = n, .k = k, .in_dtype = DType::kBF16});
+  };
+  EXPECT_EQ(path(1, 5888, 1472), cuda::SmallMPath::kCublas);       // in_proj
+  EXPECT_EQ(path(1, 1472, 2944), cuda::SmallMPath::kStreamRing);   // out_proj
+  EXPECT_EQ(path(1, 50304, 1472), cuda::SmallMPath::kStreamRegs);  // LM head
+  EXPECT_EQ(path(2, 1472, 2944), cuda::SmallMPath::kCublas);
   std::mt19937_64 rng(TestSeed());
   auto gemm = cuda::GemmRunner::Create();
   ASSERT_TRUE(gemm.ok()) << gemm.status();
@@ -197,6 +205,7 @@ TEST_P(OpsTest, StreamLinearMatchesReference) {
       {1, 2056, 2064, 3, true, {1, 7}},
       {301, 2056, 2056, 301, false, {2, 8}},
       {124, 2944, 2952, 124, true, {1, 3}},
+      {5, 8200, 8200, 5, false, {1, 4}},  // k too long for the cp.async ring: register kernel
   };
   for (const Shape& sh : shapes) {
     const auto w = In(RandomVector(rng, static_cast<size_t>(sh.n) * sh.k, -1, 1));
@@ -206,8 +215,9 @@ TEST_P(OpsTest, StreamLinearMatchesReference) {
       const auto x = In(RandomVector(rng, m * sh.xs, -1, 1));
       const DType out_dt = sh.f32_out ? DType::kF32 : dt();
       DevArray dx(x, dt());
-      std::vector<float> runs[2];
-      for (int run = 0; run < 2; ++run) {
+      // Runs: the ring kernel, GemmRunner::Linear (forced onto StreamLinear), the register kernel.
+      std::vector<float> runs[3];
+      for (int run = 0; run < 3; ++run) {
         DevArray dy(static_cast<size_t>(m) * sh.ys, out_dt);
         const cuda::LinearParams lp{.m = m,
                                     .n = sh.n,
@@ -220,8 +230,11 @@ TEST_P(OpsTest, StreamLinearMatchesReference) {
                                     .y = dy.get(),
                                     .y_stride = sh.ys};
         ASSERT_TRUE(cuda::StreamLinearSupported(lp));
-        if (run == 0) {
-          BMS_ASSERT_OK(cuda::StreamLinear(lp, nullptr));
+        if (run != 1) {
+          cuda::SetStreamLinearPipelined(run == 0);
+          const absl::Status s = cuda::StreamLinear(lp, nullptr);
+          cuda::SetStreamLinearPipelined(true);
+          BMS_ASSERT_OK(s);
         } else {
           const int saved = cuda::StreamLinearMaxRows();
           cuda::SetStreamLinearMaxRows(cuda::kSmallMMaxRows);
@@ -241,16 +254,18 @@ TEST_P(OpsTest, StreamLinearMatchesReference) {
                                  .w = w.data(),
                                  .y = want.data(),
                                  .y_stride = sh.ys}));
-      std::vector<float> g, wv;
-      for (int i = 0; i < m; ++i) {
-        for (int j = 0; j < sh.n; ++j) {
-          g.push_back(runs[0][static_cast<size_t>(i) * sh.ys + j]);
-          wv.push_back(want[static_cast<size_t>(i) * sh.ys + j]);
+      for (int run : {0, 2}) {
+        std::vector<float> g, wv;
+        for (int i = 0; i < m; ++i) {
+          for (int j = 0; j < sh.n; ++j) {
+            g.push_back(runs[run][static_cast<size_t>(i) * sh.ys + j]);
+            wv.push_back(want[static_cast<size_t>(i) * sh.ys + j]);
+          }
+          for (int j = sh.n; j < sh.ys; ++j)
+            EXPECT_TRUE(std::isnan(runs[run][static_cast<size_t>(i) * sh.ys + j])) << "col " << j;
         }
-        for (int j = sh.n; j < sh.ys; ++j)
-          EXPECT_TRUE(std::isnan(runs[0][static_cast<size_t>(i) * sh.ys + j])) << "col " << j;
+        EXPECT_LT(NormalizedError(g, wv), Tolerance(DType::kBF16)) << "run " << run;
       }
-      EXPECT_LT(NormalizedError(g, wv), Tolerance(DType::kBF16));
     }
   }
 }
