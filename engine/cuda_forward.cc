@@ -300,7 +300,8 @@ absl::Status CudaBackendImpl::MambaForward(const MambaLayer& l, int T, int S) {
     BMS_RETURN_IF_ERROR(cuda::AddBias(T, 2 * di, dtype_, ws_.xz, 0, l.in_proj_bias, stream_));
   // Decode (one token per sequence): the fused mixer (kernels/cuda/mamba_decode_fused.cu).
   // Small batches: conv + x_proj partial sums, then reduce + dt_proj + scan (two kernels);
-  // larger ones: conv update, x_proj GEMM, then dt_proj + scan in one kernel.
+  // up to MambaDecodeFusedScanMaxBatch: conv update, x_proj GEMM, dt_proj + scan in one kernel;
+  // larger ones: the unfused kernels.
   const cuda::MambaDecodeParams md{.batch = S,
                                    .d_inner = di,
                                    .d_conv = c.d_conv,
@@ -324,7 +325,9 @@ absl::Status CudaBackendImpl::MambaForward(const MambaLayer& l, int T, int S) {
                                    .xc = ws_.xc,
                                    .out = ws_.y};
   const bool fused = T == S && cuda::MambaDecodeFusedEnabled() && cuda::MambaDecodeSupported(md);
-  if (fused && T <= cuda::MambaDecodePartialMaxBatch()) {
+  const bool fused_scan = fused && T <= cuda::MambaDecodeFusedScanMaxBatch();
+  if (fused && T >= cuda::MambaDecodePartialMinBatch() &&
+      T <= cuda::MambaDecodePartialMaxBatch()) {
     cuda::MambaDecodeParams mp = md;
     mp.partials = ws_.mamba_partials;
     BMS_RETURN_IF_ERROR(cuda::MambaDecodeConvXProj(mp, stream_));
@@ -358,7 +361,7 @@ absl::Status CudaBackendImpl::MambaForward(const MambaLayer& l, int T, int S) {
                                        .w = l.x_proj,
                                        .y = ws_.dbc},
                                       stream_));
-    if (fused) {
+    if (fused_scan) {
       cuda::MambaDecodeParams mp = md;
       mp.dbc = ws_.dbc;
       BMS_RETURN_IF_ERROR(cuda::MambaDecodeScan(mp, stream_));

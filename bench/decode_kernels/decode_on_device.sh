@@ -18,26 +18,33 @@ export LD_LIBRARY_PATH="/tmp/bms/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 t0=$(date +%s)
 for t in /tmp/bms/bin/gpu_*_test; do
   n=$(basename "$t")
-  (BMS_MAMBA_DECODE_FUSED=1 timeout 70 "$t" --gtest_brief=1 > "/tmp/bms/$n.log" 2>&1
+  (BMS_MAMBA_DECODE_FUSED=1 BMS_MAMBA_PARTIAL_MAX=16 BMS_MAMBA_FUSED_SCAN_MAX=1024 timeout 60 "$t" --gtest_brief=1 > "/tmp/bms/$n.log" 2>&1
    echo "=== $n exit $?" >> "/tmp/bms/$n.log") &
 done
 wait
 cat /tmp/bms/gpu_*_test.log > "$OUT/tests.log"
 echo "tests: $(( $(date +%s) - t0 )) s" > "$OUT/summary.txt"
-timeout 30 /tmp/bms/bin/bms_kernel_bench_decode --reps 30 > "$OUT/kernels.log" 2>&1
+timeout 25 /tmp/bms/bin/bms_kernel_bench_decode --reps 20 > "$OUT/kernels.log" 2>&1
 echo "kernel bench exit $?" >> "$OUT/summary.txt"
-BENCH="--presets=blackmamba-2.8b --batches=${BMS_BATCHES:-1,64,256,1024} --prompts= \
+BENCH="--presets=blackmamba-2.8b --batches=${BMS_BATCHES:-1,2,4,8,16} --prompts= \
   --bf16_state_batches= --ttft_prompts= --capacity=false --steps=10"
-for fused in 1 0; do
-  BMS_MAMBA_DECODE_FUSED=$fused timeout 40 /tmp/bms/bin/bms_bench $BENCH \
-    --json="$OUT/bench_fused$fused.json" > "$OUT/bench_fused$fused.log" 2>&1
-  echo "bench fused=$fused exit $?" >> "$OUT/summary.txt"
+# A/B: fused mixer with programmatic dependent launch, without it, and the unfused kernels.
+CONFIGS=${BMS_CONFIGS:-"fused_pdl fused_nopdl unfused"}
+for cfg in $CONFIGS; do
+  case $cfg in
+    fused_pdl) env="BMS_MAMBA_DECODE_FUSED=1 BMS_MAMBA_PDL=1" ;;
+    fused_nopdl) env="BMS_MAMBA_DECODE_FUSED=1 BMS_MAMBA_PDL=0" ;;
+    *) env="BMS_MAMBA_DECODE_FUSED=0" ;;
+  esac
+  env $env BMS_MAMBA_PARTIAL_MIN=1 BMS_MAMBA_PARTIAL_MAX=16 timeout 38 /tmp/bms/bin/bms_bench \
+    $BENCH --json="$OUT/bench_$cfg.json" > "$OUT/bench_$cfg.log" 2>&1
+  echo "bench $cfg exit $?" >> "$OUT/summary.txt"
 done
 {
   grep -E "^=== .* exit|FAILED|Failure|error" "$OUT/tests.log" | head -30
   grep -E "PASSED|tests? ran" "$OUT/tests.log" | head -10
   cat "$OUT/kernels.log"
-  for fused in 1 0; do
-    echo "---- bms_bench fused=$fused ----"; grep -iE "decode" "$OUT/bench_fused$fused.log" | tail -8
+  for cfg in $CONFIGS; do
+    echo "---- bms_bench $cfg ----"; grep -E "decode +graph|[Cc]apture|[Ww]arn" "$OUT/bench_$cfg.log" | tail -8
   done
 } | tee -a "$OUT/summary.txt"

@@ -224,11 +224,19 @@ int MambaDecodePartialBlocks(int d_inner);
 size_t MambaDecodePartialFloats(int batch, int d_inner, int xdbl);
 absl::Status MambaDecodeConvXProj(const MambaDecodeParams& p, Stream stream);
 absl::Status MambaDecodeScan(const MambaDecodeParams& p, Stream stream);
-// Whether the backend runs the fused decode mixer (BMS_MAMBA_DECODE_FUSED=0 or
-// BMS_LEGACY_KERNELS=1 turn it off; read once) and the largest batch that uses the partial-sum
-// x_proj (BMS_MAMBA_PARTIAL_MAX, default 16; larger batches run x_proj as a GEMM).
+// Backend dispatch knobs (environment, read once; defaults from the H100 A/B in bench/NOTES.md
+// "decode mixer + routing (session 3)"): MambaDecodeFusedEnabled (BMS_MAMBA_DECODE_FUSED,
+// default 1; BMS_LEGACY_KERNELS=1 also turns it off); the partial-sum path for
+// MambaDecodePartialMinBatch() <= batch <= MambaDecodePartialMaxBatch() (BMS_MAMBA_PARTIAL_MIN
+// / _MAX, default 1..8); x_proj as a GEMM + the fused dt_proj/scan kernel up to
+// MambaDecodeFusedScanMaxBatch (BMS_MAMBA_FUSED_SCAN_MAX, default 0: it lost to the unfused
+// kernels at every batch); other batches run the unfused kernels. MambaDecodePdl (BMS_MAMBA_PDL,
+// default 1): MambaDecodeScan after MambaDecodeConvXProj is a programmatic dependent launch.
 bool MambaDecodeFusedEnabled();
+int MambaDecodePartialMinBatch();
 int MambaDecodePartialMaxBatch();
+int MambaDecodeFusedScanMaxBatch();
+bool MambaDecodePdl();
 
 // Router selection from router GEMM output: p = sigmoid(logits + bias); expert = argmax p
 // (first index on ties); scale = p[expert]. Also adds the per-expert token counts to
