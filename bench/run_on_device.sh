@@ -14,6 +14,7 @@
 # --steps=10), BMS_PEER_ARGS (extra bench_peer.py flags), BMS_PEER=0 (skip the peer),
 # BMS_SAME_WEIGHTS=0 (the peer draws its own random weights instead of loading bmserve's),
 # BMS_TESTS=0 (skip the GPU tests), BMS_NCU=1 (ncu kernel times of eager batch-1 decode steps).
+# BMS_TEST_TIMEOUT (seconds per GPU test binary, default 240: gpu_moe_test times every variant).
 set -u
 ROOT=$(pwd)
 OUT=${OUT:-/tmp/bms-perf-out}
@@ -29,7 +30,7 @@ stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$OUT/summary.txt"; }
 if [ "${BMS_TESTS:-1}" = 1 ]; then
   for t in /tmp/bms/bin/gpu_*_test; do
     n=$(basename "$t")
-    (timeout 150 "$t" --gtest_brief=1 > "/tmp/bms/$n.log" 2>&1; echo "=== $n exit $?" >> "/tmp/bms/$n.log") &
+    (timeout "${BMS_TEST_TIMEOUT:-240}" "$t" --gtest_brief=1 > "/tmp/bms/$n.log" 2>&1; echo "=== $n exit $?" >> "/tmp/bms/$n.log") &
   done
   wait
   cat /tmp/bms/gpu_*_test.log > "$OUT/tests.log"
