@@ -74,10 +74,10 @@ absl::Status AddLayerNorm(const AddNormParams& p, Stream stream);
 struct AddNormRouteParams {
   AddNormParams norm;  // rows must be null; out_f32 is not written
   int n_experts = 0;
-  const float* router = nullptr;       // [n_experts, d_model] fp32
-  const float* router_bias = nullptr;  // [n_experts] or null
-  int32_t* expert = nullptr;           // [n_rows]
-  float* scale = nullptr;              // [n_rows]
+  const float* router = nullptr;                 // [n_experts, d_model] fp32
+  const float* router_bias = nullptr;            // [n_experts] or null
+  int32_t* expert = nullptr;                     // [n_rows]
+  float* scale = nullptr;                        // [n_rows]
   unsigned long long* routing_counts = nullptr;  // [n_experts] accumulated, or null
   const int32_t* n_counted = nullptr;            // device [1] or null
   int32_t* expert_offsets = nullptr;             // [n_experts + 1]
