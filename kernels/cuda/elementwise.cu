@@ -9,6 +9,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/norm_row.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace bms::cuda {
 namespace {
@@ -18,6 +19,8 @@ constexpr int kNormThreads = 256;
 template <typename T>
 __global__ void EmbeddingKernel(const int32_t* __restrict__ tokens, const T* __restrict__ table,
                                 T* __restrict__ out, int d_model) {
+  PdlLaunchDependents();
+  PdlWait();  // tokens and out may belong to earlier kernels
   const int64_t t = blockIdx.x;
   const T* src = table + static_cast<int64_t>(tokens[t]) * d_model;
   T* dst = out + t * d_model;
@@ -41,6 +44,8 @@ template <typename T, bool kLayerNorm>
 __global__ void __launch_bounds__(kNormThreads) AddNormKernel(AddNormParams p) {
   extern __shared__ float row[];
   __shared__ float scratch[kNormThreads / 32];
+  PdlLaunchDependents();
+  PdlWait();  // rows, residual and h are earlier kernels' outputs
   const int i = blockIdx.x;
   const int64_t src = p.rows ? p.rows[i] : i;
   const int d = p.d_model;
@@ -85,7 +90,8 @@ __global__ void __launch_bounds__(kFastThreads) FastAddNormKernel(AddNormParams 
   __shared__ float scratch[kFastThreads / 32];
   float4 v[kChunks];
   const int i = blockIdx.x;
-  NormRow<T, kLayerNorm, kFastThreads, kChunks>(p, i, v, scratch);
+  PdlLaunchDependents();
+  NormRow<T, kLayerNorm, kFastThreads, kChunks>(p, i, v, scratch);  // runs PdlWait
   if (p.out_f32) {
     float* out = p.out_f32 + static_cast<int64_t>(i) * p.d_model;
 #pragma unroll
@@ -101,7 +107,7 @@ void LaunchFastAddNorm(const AddNormParams& p, int chunks, Stream stream) {
   switch (chunks) {
 #define BMS_FAST_NORM_CASE(C)                                                      \
   case C:                                                                          \
-    FastAddNormKernel<T, kLayerNorm, C><<<p.n_rows, kFastThreads, 0, stream>>>(p); \
+    LaunchPdl(FastAddNormKernel<T, kLayerNorm, C>, p.n_rows, kFastThreads, 0, stream, p); \
     break;
     BMS_FAST_NORM_CASE(1)
     BMS_FAST_NORM_CASE(2)
@@ -109,7 +115,8 @@ void LaunchFastAddNorm(const AddNormParams& p, int chunks, Stream stream) {
     BMS_FAST_NORM_CASE(4)
     BMS_FAST_NORM_CASE(6)
     default:
-      FastAddNormKernel<T, kLayerNorm, kFastMaxChunks><<<p.n_rows, kFastThreads, 0, stream>>>(p);
+      LaunchPdl(FastAddNormKernel<T, kLayerNorm, kFastMaxChunks>, p.n_rows, kFastThreads, 0, stream,
+                p);
 #undef BMS_FAST_NORM_CASE
   }
 }
@@ -145,7 +152,7 @@ absl::Status LaunchAddNorm(const AddNormParams& p, Stream stream) {
   if (smem > 48 * 1024) return absl::InvalidArgumentError("AddNorm: d_model too large");
   DispatchDType(p.dtype, [&](auto t) {
     using T = decltype(t);
-    AddNormKernel<T, kLayerNorm><<<p.n_rows, kNormThreads, smem, stream>>>(p);
+    LaunchPdl(AddNormKernel<T, kLayerNorm>, p.n_rows, kNormThreads, smem, stream, p);
     return 0;
   });
   BMS_CUDA_CHECK_LAUNCH("AddNorm");
@@ -168,8 +175,8 @@ absl::Status Embedding(const EmbeddingParams& p, Stream stream) {
   if (p.n_tokens == 0) return absl::OkStatus();
   DispatchDType(p.dtype, [&](auto t) {
     using T = decltype(t);
-    EmbeddingKernel<T><<<p.n_tokens, 128, 0, stream>>>(p.tokens, static_cast<const T*>(p.table),
-                                                       static_cast<T*>(p.out), p.d_model);
+    LaunchPdl(EmbeddingKernel<T>, p.n_tokens, 128, 0, stream, p.tokens,
+              static_cast<const T*>(p.table), static_cast<T*>(p.out), p.d_model);
     return 0;
   });
   BMS_CUDA_CHECK_LAUNCH("Embedding");

@@ -13,6 +13,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/pdl.cuh"
 
 namespace bms::cuda {
 namespace {
@@ -68,16 +69,27 @@ __global__ void __launch_bounds__(kGemvThreads) SmallMGemvKernel(GemvArgs a) {
   float acc[kMaxM];
 #pragma unroll
   for (int r = 0; r < kMaxM; ++r) acc[r] = 0.f;
+  PdlLaunchDependents();
+  const T* __restrict__ wrow = static_cast<const T*>(a.w) + static_cast<int64_t>(col) * a.k;
+  // The first kUnroll weight loads are issued before PdlWait (weights only: they overlap the
+  // previous kernel's drain under programmatic dependent launch, kernels/cuda/pdl.cuh).
+  V wv[kUnroll];
   if (col < a.n) {
-    const T* __restrict__ wrow = static_cast<const T*>(a.w) + static_cast<int64_t>(col) * a.k;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      if (g + u * G < n_vec) wv[u].Load(wrow + (g + u * G) * V::kN);
+  }
+  PdlWait();  // x is the previous kernel's output
+  if (col < a.n) {
     const T* __restrict__ x = static_cast<const T*>(a.x);
     // kUnroll weight loads per thread issued before any use (memory-level parallelism even
     // when a thread has only 2-3 loads in all).
     for (int kv0 = g; kv0 < n_vec; kv0 += kUnroll * G) {
-      V wv[kUnroll];
+      if (kv0 != g) {
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (kv0 + u * G < n_vec) wv[u].Load(wrow + (kv0 + u * G) * V::kN);
+        for (int u = 0; u < kUnroll; ++u)
+          if (kv0 + u * G < n_vec) wv[u].Load(wrow + (kv0 + u * G) * V::kN);
+      }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int kv = kv0 + u * G;
@@ -152,11 +164,11 @@ int VecBytes(const LinearParams& p) {
 template <typename T, typename TO, int kBytes>
 void LaunchGemv(const GemvArgs& a, int blocks, Stream stream) {
   if (a.m == 1)
-    SmallMGemvKernel<T, TO, kBytes, 1><<<blocks, kGemvThreads, 0, stream>>>(a);
+    LaunchPdl(SmallMGemvKernel<T, TO, kBytes, 1>, blocks, kGemvThreads, 0, stream, a);
   else if (a.m <= 4)
-    SmallMGemvKernel<T, TO, kBytes, 4><<<blocks, kGemvThreads, 0, stream>>>(a);
+    LaunchPdl(SmallMGemvKernel<T, TO, kBytes, 4>, blocks, kGemvThreads, 0, stream, a);
   else
-    SmallMGemvKernel<T, TO, kBytes, 8><<<blocks, kGemvThreads, 0, stream>>>(a);
+    LaunchPdl(SmallMGemvKernel<T, TO, kBytes, 8>, blocks, kGemvThreads, 0, stream, a);
 }
 
 }  // namespace

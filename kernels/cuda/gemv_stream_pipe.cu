@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/grouped_gemm_internal.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace bms::cuda {
 
@@ -114,6 +115,8 @@ __global__ void __launch_bounds__(kPipeThreads) GroupedPipeKernel(GroupedGemmPar
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int n_vec = p.k / 8;
   uint4* ring = reinterpret_cast<uint4*>(smem_raw) + warp * kStages * kH * n_vec;
+  PdlLaunchDependents();
+  PdlWait();  // the touched experts (offsets) come from the routing kernel (kernels/cuda/pdl.cuh)
   int touched = 0;
   for (int base = 0; base < p.n_experts; base += 32) {
     const int e = base + lane;
@@ -218,7 +221,7 @@ absl::Status LaunchGroupedPipe(const GroupedGemmParams& p, Stream stream) {
   const int64_t want = (items + kPipeWarps - 1) / kPipeWarps;
   const int blocks = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>(want, int64_t{BlocksPerSm(kernel, smem)} * Sms())));
-  kernel<<<blocks, kPipeThreads, smem, stream>>>(p);
+  LaunchPdl(kernel, blocks, kPipeThreads, smem, stream, p);
   BMS_CUDA_CHECK_LAUNCH("GroupedGemvPipe");
   return absl::OkStatus();
 }
@@ -278,8 +281,12 @@ __global__ void __launch_bounds__(kPipeThreads) DensePipeKernel(PipeDenseArgs a)
     }
     Commit();
   };
+  // The ring's first stages (weights only) are issued before PdlWait: under programmatic
+  // dependent launch they stream while the previous kernel drains (kernels/cuda/pdl.cuh).
+  PdlLaunchDependents();
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) issue(s);
+  PdlWait();  // x is the previous kernel's output
   for (int i = 0; first + i * step < total; ++i) {
     issue(i + kStages - 1);
     WaitPrior();
@@ -309,7 +316,7 @@ absl::Status LaunchDensePipeK(const PipeDenseArgs& a, Stream stream) {
   const int items = (a.n + kH - 1) / kH;
   const int want = CeilDiv(items, kPipeWarps);
   const int blocks = std::max(1, std::min(want, BlocksPerSm(kernel, smem) * Sms()));
-  kernel<<<blocks, kPipeThreads, smem, stream>>>(a);
+  LaunchPdl(kernel, blocks, kPipeThreads, smem, stream, a);
   BMS_CUDA_CHECK_LAUNCH("StreamLinear(pipe)");
   return absl::OkStatus();
 }

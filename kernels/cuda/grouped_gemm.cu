@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/grouped_gemm_internal.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace bms::cuda {
 
@@ -59,6 +60,8 @@ constexpr int kMmaStages = 3;
 
 template <GroupedEpilogue kEpi, bool kAsync>
 __global__ void __launch_bounds__(kMmaThreads) GroupedGemmMmaKernel(GroupedGemmParams p) {
+  PdlLaunchDependents();
+  PdlWait();  // before any read of earlier kernels' outputs or global write (kernels/cuda/pdl.cuh)
   constexpr int kHalves = kEpi == GroupedEpilogue::kGatedAct ? 2 : 1;
   constexpr int kBRows = kHalves * kBN;
   constexpr int kAChunks = kBM * kMmaBK / 8 / kMmaThreads;     // 2
@@ -201,6 +204,8 @@ constexpr int kF32Threads = 256;
 
 template <GroupedEpilogue kEpi>
 __global__ void __launch_bounds__(kF32Threads) GroupedGemmF32Kernel(GroupedGemmParams p) {
+  PdlLaunchDependents();
+  PdlWait();  // before any read of earlier kernels' outputs or global write (kernels/cuda/pdl.cuh)
   constexpr int kHalves = kEpi == GroupedEpilogue::kGatedAct ? 2 : 1;
   constexpr int kBRows = kHalves * kBN;
   __shared__ float As[kF32BK][kBM + 4];
@@ -281,6 +286,8 @@ __device__ __forceinline__ float Dot8(const uint4& a, const uint4& w) {
 
 template <GroupedEpilogue kEpi>
 __global__ void __launch_bounds__(kGemvWarps * 32) GroupedGemvKernel(GroupedGemmParams p) {
+  PdlLaunchDependents();
+  PdlWait();  // before any read of earlier kernels' outputs or global write (kernels/cuda/pdl.cuh)
   constexpr int kHalves = kEpi == GroupedEpilogue::kGatedAct ? 2 : 1;
   const int e = blockIdx.y;
   const int begin = p.expert_offsets[e], end = p.expert_offsets[e + 1];
@@ -347,8 +354,8 @@ bool IsFast(const GroupedGemmParams& p) { return p.dtype == DType::kBF16 && IsVe
 template <GroupedEpilogue kEpi>
 absl::Status LaunchLegacy(const GroupedGemmParams& p, bool vec, bool gemv, Stream stream) {
   if (gemv) {
-    GroupedGemvKernel<kEpi>
-        <<<dim3(CeilDiv(p.n, kGemvWarps), p.n_experts), kGemvWarps * 32, 0, stream>>>(p);
+    LaunchPdl(GroupedGemvKernel<kEpi>, dim3(CeilDiv(p.n, kGemvWarps), p.n_experts),
+              kGemvWarps * 32, 0, stream, p);
     BMS_CUDA_CHECK_LAUNCH("GroupedGemv");
     return absl::OkStatus();
   }
@@ -356,11 +363,11 @@ absl::Status LaunchLegacy(const GroupedGemmParams& p, bool vec, bool gemv, Strea
     return absl::InvalidArgumentError("GroupedGemm: too many rows for one launch");
   const dim3 grid(CeilDiv(p.n, kBN), CeilDiv(p.n_rows, kBM) + p.n_experts);
   if (p.dtype == DType::kBF16 && vec)
-    GroupedGemmMmaKernel<kEpi, true><<<grid, kMmaThreads, 0, stream>>>(p);
+    LaunchPdl(GroupedGemmMmaKernel<kEpi, true>, grid, kMmaThreads, 0, stream, p);
   else if (p.dtype == DType::kBF16)
-    GroupedGemmMmaKernel<kEpi, false><<<grid, kMmaThreads, 0, stream>>>(p);
+    LaunchPdl(GroupedGemmMmaKernel<kEpi, false>, grid, kMmaThreads, 0, stream, p);
   else
-    GroupedGemmF32Kernel<kEpi><<<grid, kF32Threads, 0, stream>>>(p);
+    LaunchPdl(GroupedGemmF32Kernel<kEpi>, grid, kF32Threads, 0, stream, p);
   BMS_CUDA_CHECK_LAUNCH("GroupedGemm");
   return absl::OkStatus();
 }

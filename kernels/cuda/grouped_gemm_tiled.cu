@@ -16,6 +16,7 @@
 #include <mutex>
 
 #include "kernels/cuda/grouped_gemm_internal.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace bms::cuda {
 namespace {
@@ -72,6 +73,8 @@ struct Shape {
 
 template <GroupedEpilogue kEpi, class C>
 __global__ void __launch_bounds__(C::kThreads) GroupedGemmTiledKernel(GroupedGemmParams p) {
+  PdlLaunchDependents();
+  PdlWait();  // before any read of earlier kernels' outputs or global write (kernels/cuda/pdl.cuh)
   using S = Shape<kEpi, C>;
   constexpr int kHalves = S::kHalves, kMI = S::kMI, kNI = S::kNI;
   constexpr int kLd = C::kLd, kStages = C::kStages, kThreads = C::kThreads;
@@ -297,7 +300,7 @@ absl::Status LaunchCfgEpi(const GroupedGemmParams& p, Stream stream) {
     return absl::InvalidArgumentError("GroupedGemm: too many rows for one launch");
   const dim3 grid(CeilDiv(p.n, S::kBNc), static_cast<unsigned>(row_tiles), C::kSplit);
   if constexpr (C::kSplit == 1) {
-    GroupedGemmTiledKernel<kEpi, C><<<grid, C::kThreads, S::kSmemBytes, stream>>>(p);
+    LaunchPdl(GroupedGemmTiledKernel<kEpi, C>, grid, C::kThreads, S::kSmemBytes, stream, p);
   } else {
     if (!ClustersSupported())
       return absl::FailedPreconditionError("GroupedGemm: cluster variants need sm_90");

@@ -20,6 +20,7 @@
 #include <tuple>
 
 #include "kernels/cuda/grouped_gemm_internal.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace bms::cuda {
 namespace {
@@ -280,6 +281,8 @@ __device__ __forceinline__ void TmaLoad2d(uint32_t dst, const CUtensorMap* map, 
 template <GroupedEpilogue kEpi, class C>
 __global__ void __launch_bounds__(C::kThreads, 1)
     GroupedGemmWgmmaKernel(GroupedGemmParams p, const __grid_constant__ CUtensorMap w_map) {
+  PdlLaunchDependents();
+  PdlWait();  // before any read of earlier kernels' outputs or global write (kernels/cuda/pdl.cuh)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kHalves = kEpi == GroupedEpilogue::kGatedAct ? 2 : 1;
   constexpr int kBNc = C::kBN / kHalves;  // output columns per tile
@@ -484,7 +487,8 @@ absl::Status LaunchWgEpi(const GroupedGemmParams& p, Stream stream) {
     if (!m.ok()) return m.status();
     map = *m;
   }
-  GroupedGemmWgmmaKernel<kEpi, C><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, map);
+  LaunchPdl(GroupedGemmWgmmaKernel<kEpi, C>, grid, C::kThreads, C::kSmemBytes, stream, p,
+            map);
   BMS_CUDA_CHECK_LAUNCH("GroupedGemmWgmma");
   return absl::OkStatus();
 }

@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/grouped_gemm_internal.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace bms::cuda {
 
@@ -178,6 +179,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) GroupedStreamKernel(Grou
   const int slot = warp / kS, s = warp % kS;
   const int n_vec = p.k / 8;
   const int n_chunks = (n_vec + 32 * kU * kS - 1) / (32 * kU * kS);
+  PdlLaunchDependents();
+  PdlWait();  // the touched experts (offsets) come from the routing kernel (kernels/cuda/pdl.cuh)
   const int64_t total =
       static_cast<int64_t>(TouchedCount(p.expert_offsets, p.n_experts, lane)) * p.n;
   const bf16* A = static_cast<const bf16*>(p.a);
@@ -267,7 +270,7 @@ absl::Status LaunchGrouped(const GroupedGemmParams& p, Stream stream) {
   const int64_t want = (max_items + kWarps / kS - 1) / (kWarps / kS);
   const int blocks = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>(want, int64_t{occupancy} * SmCount())));
-  kernel<<<blocks, kThreads, 0, stream>>>(p);
+  LaunchPdl(kernel, blocks, kThreads, 0, stream, p);
   BMS_CUDA_CHECK_LAUNCH("GroupedGemvStream");
   return absl::OkStatus();
 }
@@ -342,17 +345,28 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DenseStreamKernel(DenseA
   const bf16* xrow[kR];
 #pragma unroll
   for (int i = 0; i < kR; ++i) xrow[i] = a.x + min(i, a.m - 1) * a.x_stride;
-  for (int base = blockIdx.x * kItemsPerBlock; base < total; base += gridDim.x * kItemsPerBlock) {
+  Core<kH, kU, kR, kS, kHint> core;
+  // The first item's first weight chunk is loaded before PdlWait (weights only: it overlaps the
+  // previous kernel's drain under programmatic dependent launch, kernels/cuda/pdl.cuh).
+  PdlLaunchDependents();
+  const int first = blockIdx.x * kItemsPerBlock;
+  if (first < total && first + slot < total) {
+    const int j = 2 * (first + slot);
+    const bf16* wrow[kH] = {a.w + static_cast<int64_t>(j) * a.k,
+                            a.w + static_cast<int64_t>(min(j + 1, a.n - 1)) * a.k};
+    core.Load(wrow, n_vec, 0, s, lane);
+  }
+  PdlWait();  // x is the previous kernel's output
+  for (int base = first; base < total; base += gridDim.x * kItemsPerBlock) {
     const int item = base + slot;
     const int nr = item < total ? a.m : 0;
     const int j = 2 * min(item, total - 1);
     const bf16* wrow[kH] = {a.w + static_cast<int64_t>(j) * a.k,
                             a.w + static_cast<int64_t>(min(j + 1, a.n - 1)) * a.k};
-    Core<kH, kU, kR, kS, kHint> core;
     core.Zero();
     for (int c = 0; c < n_chunks; ++c) {
       if (nr > 0) {
-        core.Load(wrow, n_vec, c, s, lane);
+        if (base != first || c != 0) core.Load(wrow, n_vec, c, s, lane);
         core.Fma(xrow, nr, n_vec, c, s, lane);
       }
     }
@@ -377,7 +391,7 @@ void LaunchDenseK(const DenseArgs& a, Stream stream) {
   const int items = (a.n + 1) / 2;
   const int want = CeilDiv(items, kWarps / kS);
   const int blocks = std::max(1, std::min(want, occupancy * SmCount()));
-  kernel<<<blocks, kThreads, 0, stream>>>(a);
+  LaunchPdl(kernel, blocks, kThreads, 0, stream, a);
 }
 
 template <typename TO, int kS>

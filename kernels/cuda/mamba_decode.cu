@@ -5,6 +5,7 @@
 // cannot share one kernel: x_proj / dt_proj (GEMMs over the conv output) sit between them.
 #include "kernels/cuda/conv_scan_internal.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/pdl.cuh"
 
 namespace bms::cuda {
 namespace {
@@ -18,6 +19,8 @@ constexpr int kW1 = kW - 1;
 // aligned (vector loads); otherwise scalar loads with a tail check.
 template <typename T, typename S, bool kVec>
 __global__ void __launch_bounds__(kConvUpdThreads) ConvUpdateKernel(CausalConv1dParams p) {
+  PdlLaunchDependents();
+  PdlWait();  // every block, before any read of x / slots / state (kernels/cuda/pdl.cuh)
   const int c0 = (blockIdx.x * kConvUpdThreads + threadIdx.x) * kConvUpdCh;
   const int b = blockIdx.y;
   if (c0 >= p.d_inner) return;
@@ -88,6 +91,8 @@ constexpr int kUpdState = 16;
 // them. Lanes past d_inner load a valid channel's data and store nothing.
 template <typename T, typename S>
 __global__ void __launch_bounds__(kUpdThreads) ScanUpdateKernel(SelectiveScanParams p) {
+  PdlLaunchDependents();
+  PdlWait();  // every block, before any read of earlier kernels' outputs (kernels/cuda/pdl.cuh)
   constexpr int kPer = 16 / sizeof(S);
   constexpr int kSub = kUpdState / kPer;
   constexpr int kChPerBlock = kUpdThreads / kSub;
@@ -146,9 +151,9 @@ bool LaunchConvUpdate(const CausalConv1dParams& p, Stream stream) {
     return DispatchState(p.conv_state_dtype, [&](auto s) {
       using S = decltype(s);
       if (vec)
-        ConvUpdateKernel<T, S, true><<<grid, kConvUpdThreads, 0, stream>>>(p);
+        LaunchPdl(ConvUpdateKernel<T, S, true>, grid, kConvUpdThreads, 0, stream, p);
       else
-        ConvUpdateKernel<T, S, false><<<grid, kConvUpdThreads, 0, stream>>>(p);
+        LaunchPdl(ConvUpdateKernel<T, S, false>, grid, kConvUpdThreads, 0, stream, p);
       return 0;
     });
   });
@@ -164,8 +169,8 @@ bool LaunchScanUpdate(const SelectiveScanParams& p, Stream stream) {
     return DispatchState(p.ssm_state_dtype, [&](auto s) {
       using S = decltype(s);
       constexpr int kChPerBlock = kUpdThreads / (kUpdState / (16 / sizeof(S)));
-      ScanUpdateKernel<T, S>
-          <<<dim3(CeilDiv(p.d_inner, kChPerBlock), p.batch), kUpdThreads, 0, stream>>>(p);
+      LaunchPdl(ScanUpdateKernel<T, S>, dim3(CeilDiv(p.d_inner, kChPerBlock), p.batch),
+                kUpdThreads, 0, stream, p);
       return 0;
     });
   });

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/conv_scan_internal.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/pdl.cuh"
 
 namespace bms::cuda {
 namespace {
@@ -63,10 +64,15 @@ __global__ void __launch_bounds__(kAThreads) ConvXProjKernel(MambaDecodeParams p
   __shared__ float xs[kARows][kACh];  // xc of the block, rounded to T
   const int blk = blockIdx.x, c_base = blk * kACh, r0 = blockIdx.y * kARows, tid = threadIdx.x;
   const int xdbl = p.dt_rank + 2 * p.d_state;
-  AllowDependentLaunch();  // MambaDecodeScan may start its prologue (it waits for our results)
   const T* xw = static_cast<const T*>(p.x_proj);
   float wv[kACh];  // the thread's first x_proj row slice, loaded before the conv
   if (tid < xdbl) LoadVec<T, kACh>(xw + static_cast<int64_t>(tid) * p.d_inner + c_base, wv);
+  // When this kernel is itself a programmatic dependent launch (BMS_PDL, kernels/cuda/pdl.cuh),
+  // xz / slots / state are read only after the wait, and MambaDecodeScan (which reads z and the
+  // SSM state before ITS wait) is allowed to start only after it: the in_proj kernel has then
+  // completed.
+  GridDependencyWait();
+  AllowDependentLaunch();  // MambaDecodeScan may start its prologue (it waits for our results)
   if (tid < kARows * kAGroups) {
     const int lr = tid / kAGroups, c0 = c_base + (tid % kAGroups) * 8, b = r0 + lr;
     float o[8];
@@ -370,7 +376,7 @@ absl::Status MambaDecodeConvXProj(const MambaDecodeParams& p_in, Stream stream) 
     using T = decltype(t);
     return DispatchState(p.conv_state_dtype, [&](auto s) {
       using S = decltype(s);
-      ConvXProjKernel<T, S><<<grid, kAThreads, 0, stream>>>(p);
+      LaunchPdl(ConvXProjKernel<T, S>, grid, kAThreads, 0, stream, p);
       return 0;
     });
   });

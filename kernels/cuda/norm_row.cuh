@@ -6,6 +6,7 @@
 #pragma once
 
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace bms::cuda {
 
@@ -48,21 +49,27 @@ __device__ __forceinline__ float BlockSumFixed(float v, float* scratch) {
 template <typename T, bool kLayerNorm, int kThreads, int kChunks>
 __device__ __forceinline__ void NormRow(const AddNormParams& p, int i, float4 (&v)[kChunks],
                                         float* scratch) {
-  const int64_t src = p.rows ? p.rows[i] : i;
   const int d = p.d_model, d4 = d / 4;
-  const T* __restrict__ h = p.h ? static_cast<const T*>(p.h) + src * d : nullptr;
-  float* __restrict__ res = p.residual + src * d;
   float4 w[kChunks], b[kChunks];
   float sum = 0.f;
+  // Weights first: they may be read before the previous kernel completes (kernels/cuda/pdl.cuh).
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    const int c = threadIdx.x + j * kThreads;
+    if (c < d4) {
+      w[j] = Load4(p.weight + 4 * c);
+      if (kLayerNorm && p.bias) b[j] = Load4(p.bias + 4 * c);
+    }
+  }
+  PdlWait();  // rows, residual and h are earlier kernels' outputs
+  const int64_t src = p.rows ? p.rows[i] : i;
+  const T* __restrict__ h = p.h ? static_cast<const T*>(p.h) + src * d : nullptr;
+  float* __restrict__ res = p.residual + src * d;
 #pragma unroll
   for (int j = 0; j < kChunks; ++j) {
     const int c = threadIdx.x + j * kThreads;
     v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (c < d4) {
-      if (!p.first_layer) v[j] = Load4(res + 4 * c);
-      w[j] = Load4(p.weight + 4 * c);
-      if (kLayerNorm && p.bias) b[j] = Load4(p.bias + 4 * c);
-    }
+    if (c < d4 && !p.first_layer) v[j] = Load4(res + 4 * c);
   }
   if (h) {
 #pragma unroll

@@ -34,7 +34,6 @@ __global__ void __launch_bounds__(kThreads) AddNormRouteKernel(AddNormRouteParam
   __shared__ bool is_last;
   const int i = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int d = p.norm.d_model, d4 = d / 4, n_e = p.n_experts;
-  const int limit = p.n_counted ? *p.n_counted : static_cast<int>(gridDim.x);
   float4 wpre[kPrefetch ? kChunks : 1][kExpertGroup];
   if constexpr (kPrefetch) {
 #pragma unroll
@@ -46,8 +45,11 @@ __global__ void __launch_bounds__(kThreads) AddNormRouteKernel(AddNormRouteParam
                                        : make_float4(0.f, 0.f, 0.f, 0.f);
     }
   }
+  PdlLaunchDependents();
   float4 v[kChunks];
   NormRow<T, false, kThreads, kChunks>(p.norm, i, v, scratch);
+  // NormRow ran PdlWait: earlier kernels' outputs (n_counted included) are visible from here.
+  const int limit = p.n_counted ? *p.n_counted : static_cast<int>(gridDim.x);
 
   for (int e0 = 0; e0 < n_e; e0 += kExpertGroup) {
     float part[kExpertGroup];
@@ -147,22 +149,22 @@ absl::Status AddRmsNormRoute(const AddNormRouteParams& p, Stream stream) {
     switch (chunks) {
       case 1:
         if (p.n_experts <= kExpertGroup)
-          AddNormRouteKernel<T, 1, true><<<n.n_rows, kThreads, 0, stream>>>(p);
+          LaunchPdl(AddNormRouteKernel<T, 1, true>, n.n_rows, kThreads, 0, stream, p);
         else
-          AddNormRouteKernel<T, 1, false><<<n.n_rows, kThreads, 0, stream>>>(p);
+          LaunchPdl(AddNormRouteKernel<T, 1, false>, n.n_rows, kThreads, 0, stream, p);
         break;
       case 2:
         if (p.n_experts <= kExpertGroup)
-          AddNormRouteKernel<T, 2, true><<<n.n_rows, kThreads, 0, stream>>>(p);
+          LaunchPdl(AddNormRouteKernel<T, 2, true>, n.n_rows, kThreads, 0, stream, p);
         else
-          AddNormRouteKernel<T, 2, false><<<n.n_rows, kThreads, 0, stream>>>(p);
+          LaunchPdl(AddNormRouteKernel<T, 2, false>, n.n_rows, kThreads, 0, stream, p);
         break;
       case 3:
       case 4:
-        AddNormRouteKernel<T, 4, false><<<n.n_rows, kThreads, 0, stream>>>(p);
+        LaunchPdl(AddNormRouteKernel<T, 4, false>, n.n_rows, kThreads, 0, stream, p);
         break;
       default:
-        AddNormRouteKernel<T, kMaxChunks, false><<<n.n_rows, kThreads, 0, stream>>>(p);
+        LaunchPdl(AddNormRouteKernel<T, kMaxChunks, false>, n.n_rows, kThreads, 0, stream, p);
     }
     return 0;
   });

@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/sampling.h"
 
 namespace bms::cuda {
@@ -358,6 +359,8 @@ __device__ int DrawToken(const float* x, int V, const SampleRowParams& rp, float
 }
 
 __global__ void __launch_bounds__(kThreads) SampleKernel(SampleParams p) {
+  PdlLaunchDependents();
+  PdlWait();  // before any read of earlier kernels' outputs or global write (kernels/cuda/pdl.cuh)
   __shared__ Shared sh;
   const int row = blockIdx.x;
   const SampleRowParams rp = p.rows[row];
@@ -435,7 +438,7 @@ absl::Status SampleRows(const SampleParams& p, Stream stream) {
         absl::StrCat("vocab_size = ", p.vocab_size, " is outside [1, 524288]"));
   if (p.logits == nullptr || p.rows == nullptr || p.tokens == nullptr)
     return absl::InvalidArgumentError("SampleRows: logits, rows and tokens must be set");
-  SampleKernel<<<p.n_rows, kThreads, 0, stream>>>(p);
+  LaunchPdl(SampleKernel, p.n_rows, kThreads, 0, stream, p);
   BMS_CUDA_CHECK_LAUNCH("SampleKernel");
   return absl::OkStatus();
 }
