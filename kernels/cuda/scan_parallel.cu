@@ -18,9 +18,11 @@
 // transposed to [channel][token] / [state][token] shared rows once chunk k is done. dt gets bias
 // + softplus there; the D skip and the SiLU(z) gate are applied by the scanning lane; the output
 // leaves as 8-byte row pieces. BMS_SCAN_PARALLEL_TILE picks 2 states per step (kNP, overlapping
-// shuffle chains) or 4-token runs for long sequences (an A/B knob; see LongTileFromEnv).
+// shuffle chains) or 4-token runs for long sequences, and the experimental fp32-B / C and
+// vector-store tiles (A/B knobs; see LongTileFromEnv).
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/cuda/conv_scan_internal.cuh"
 #include "kernels/cuda/cuda_check.h"
@@ -32,16 +34,32 @@ constexpr int kThreads = 256;  // 8 warps
 constexpr int kCh = 8;         // channels per block (one warp each)
 constexpr int kN = 16;         // d_state
 
-template <typename T, int kItems_, int kNP_>
+template <typename T, int kItems_, int kNP_, bool kF32BC_ = false, bool kVecOut_ = false>
 struct ParTile {
   static constexpr int kItems = kItems_;  // tokens per lane
   static constexpr int kNP = kNP_;        // states scanned at a time (independent chains)
+  // B / C staged as fp32 (converted once per block in the staging instead of once per channel
+  // in the scan: 8 warps read the same rows; 16 KB more shared memory per block).
+  static constexpr bool kF32BC = kF32BC_ || sizeof(T) == 4;
+  using BC = std::conditional_t<kF32BC, float, T>;
+  // The gated output goes back to the shared g rows by 16-byte stores (scalar stores of a
+  // lane's 8 contiguous tokens: 8-way bank conflicts). On with the fp32 B / C tiles too.
+  static constexpr bool kVecOut = kVecOut_ || kF32BC_;
   // Blocks per SM the registers are capped for (80 / 64 registers): 3 blocks of 256 threads
   // hold a whole 2.8b layer (368 blocks) of one sequence in one wave on 132 SMs.
   static constexpr int kMinBlocks = kItems == 4 && kNP == 1 && sizeof(T) == 2 ? 4 : 3;
   static constexpr int kChunk = 32 * kItems;
-  static constexpr int kRowF = kChunk + 4;                   // fp32 shared row (+16 B)
-  static constexpr int kRowT = kChunk + 16 / sizeof(T);      // T shared row (+16 B)
+  static constexpr int kRowF = kChunk + 4;               // fp32 shared row (+16 B)
+  static constexpr int kRowT = kChunk + 16 / sizeof(T);  // T shared row (+16 B)
+  static constexpr int kRowBC = kF32BC ? kRowF : kRowT;  // B / C shared row
+  // fp32 B / C rows of 8-token runs are stored as two halves of 4-token pieces, lane-major
+  // (token r at (r % 8 / 4) * 128 + r / 8 * 4 + r % 4): each 16-byte load of a warp reads 512
+  // contiguous bytes (no bank conflicts; a lane's 32 contiguous bytes would be 2-way).
+  static constexpr bool kSplitBC = kF32BC_ && sizeof(T) == 2 && kItems == 8;
+  __device__ static int BCIdx(int r) {
+    if constexpr (kSplitBC) return (r % 8 / 4) * 128 + r / 8 * 4 + r % 4;
+    return r;
+  }
   static constexpr int kPer = 8 / sizeof(T);                 // elements per 8-byte piece
   static constexpr int kChPieces = kCh / kPer;               // pieces per row of 8 channels
   static constexpr int kNPieces = kN / kPer;                 // pieces per row of 16 states
@@ -57,8 +75,8 @@ struct ParSmem {
   float dt[kCh][Tile::kRowF];  // dt after bias + softplus (0 past the chunk)
   float u[kCh][Tile::kRowF];
   float g[kCh][Tile::kRowF];  // SiLU(z); the scanning lane overwrites it with the output
-  T B[kN][Tile::kRowT];
-  T C[kN][Tile::kRowT];
+  typename Tile::BC B[kN][Tile::kRowBC];
+  typename Tile::BC C[kN][Tile::kRowBC];
   // Raw u / dt / z rows of the next chunk (cp.async; each thread reads back its own pieces).
   uint2 u_raw[Tile::kChunk][Tile::kChPieces];
   uint2 dt_raw[Tile::kChunk][Tile::kChPieces];
@@ -86,6 +104,14 @@ __device__ __forceinline__ void LoadRun(const T* src, float (&dst)[N]) {
 #pragma unroll
     for (int i = 0; i < N; ++i) dst[i] = ToF32(v[i]);
   }
+}
+
+// Lane j's 8 tokens of a split fp32 row (ParTile::kSplitBC): two 16-byte pieces.
+__device__ __forceinline__ void LoadHalves(const float* row, int j, float (&dst)[8]) {
+  const float4 lo = *reinterpret_cast<const float4*>(row + j * 4);
+  const float4 hi = *reinterpret_cast<const float4*>(row + 128 + j * 4);
+  dst[0] = lo.x, dst[1] = lo.y, dst[2] = lo.z, dst[3] = lo.w;
+  dst[4] = hi.x, dst[5] = hi.y, dst[6] = hi.z, dst[7] = hi.w;
 }
 
 // softplus and SiLU of the staging: bf16 activations use the fast exp / log / divide (~2 ulp;
@@ -198,8 +224,13 @@ __global__ void __launch_bounds__(kThreads, Tile::kMinBlocks)
       const T* cv = reinterpret_cast<const T*>(&pc[k]);
 #pragma unroll
       for (int e = 0; e < kPer; ++e) {
-        sm.B[b_sub * kPer + e][r] = bv[e];
-        sm.C[b_sub * kPer + e][r] = cv[e];
+        if constexpr (Tile::kF32BC) {
+          sm.B[b_sub * kPer + e][Tile::BCIdx(r)] = ToF32(bv[e]);
+          sm.C[b_sub * kPer + e][Tile::BCIdx(r)] = ToF32(cv[e]);
+        } else {
+          sm.B[b_sub * kPer + e][r] = bv[e];
+          sm.C[b_sub * kPer + e][r] = cv[e];
+        }
       }
     }
   };
@@ -238,8 +269,13 @@ __global__ void __launch_bounds__(kThreads, Tile::kMinBlocks)
 #pragma unroll
       for (int s = 0; s < kNP; ++s) {
         float bv[kItems], cv[kItems];
-        LoadRun<T, kItems>(&sm.B[n0 + s][i0], bv);
-        LoadRun<T, kItems>(&sm.C[n0 + s][i0], cv);
+        if constexpr (Tile::kSplitBC) {
+          LoadHalves(sm.B[n0 + s], j, bv);
+          LoadHalves(sm.C[n0 + s], j, cv);
+        } else {
+          LoadRun<typename Tile::BC, kItems>(&sm.B[n0 + s][i0], bv);
+          LoadRun<typename Tile::BC, kItems>(&sm.C[n0 + s][i0], cv);
+        }
         // The run from a zero state: h0 (y gets C * h0) and the decay product P since the run's
         // start; y later gets C * P * h_start (q = C * P) once the start state is known.
         ap[s] = 1.f;
@@ -284,7 +320,13 @@ __global__ void __launch_bounds__(kThreads, Tile::kMinBlocks)
     float g[kItems];
     LoadRun<float, kItems>(&sm.g[w][i0], g);
 #pragma unroll
-    for (int i = 0; i < kItems; ++i) sm.g[w][i0 + i] = y[i] * g[i];
+    for (int i = 0; i < kItems; ++i) y[i] *= g[i];
+    if constexpr (Tile::kVecOut) {
+      StoreVec<float, kItems>(&sm.g[w][i0], y);
+    } else {
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) sm.g[w][i0 + i] = y[i];
+    }
     if (more) prefetch_bc(t0 + kChunk);
     __syncthreads();
 #pragma unroll
@@ -304,9 +346,9 @@ __global__ void __launch_bounds__(kThreads, Tile::kMinBlocks)
 
 // Shared memory is dynamic (up to 54 KB per block: above the 48 KB static limit); the opt-in is
 // set once per kernel (not a stream operation: safe while a graph is being captured).
-template <typename T, typename S, int kItems, int kNP>
+template <typename T, typename S, int kItems, int kNP, bool kF32BC = false, bool kVecOut = false>
 bool Launch(const SelectiveScanParams& p, Stream stream) {
-  using Tile = ParTile<T, kItems, kNP>;
+  using Tile = ParTile<T, kItems, kNP, kF32BC, kVecOut>;
   constexpr int kSmem = sizeof(ParSmem<T, Tile>);
   static const bool attr_ok =
       cudaFuncSetAttribute(ScanParallelKernel<T, S, Tile>,
@@ -320,8 +362,14 @@ bool Launch(const SelectiveScanParams& p, Stream stream) {
 // states scanned at a time (1 / 2). BMS_SCAN_PARALLEL_TILE=8x2 (default), 8x1, 4x1 or 4x2, read
 // once: an A/B knob for bms_kernel_bench_scan. H100, 1 x 2048 tokens at d_inner 2944: 8x2
 // 114.9 us, 8x1 117.7, 4x2 130.1, 4x1 140.1 (bench/NOTES.md). Short sequences run 4 x 1.
+// Also 8x2f / 8x4f (B / C staged as fp32, rows split for conflict-free loads, 16-byte output
+// stores) and 8x2v (8x2 with the 16-byte output stores): the fp32 staging with a lane's 32
+// contiguous bytes LOST on the H100 (142.2 / 155.9 us vs 115.1: 2x the shared wavefronts, short
+// scoreboard stalls 2.3 -> 6.0 per issue); the split rows and 8x2v have not run on a device yet.
 struct LongTile {
   int items = 8, states = 2;
+  bool f32_bc = false;   // B / C staged as fp32 ("f" suffix: 8x2f, 8x4f)
+  bool vec_out = false;  // 16-byte output stores to shared ("v" suffix: 8x2v; on with "f")
 };
 LongTile LongTileFromEnv() {
   static const LongTile tile = [] {
@@ -331,6 +379,9 @@ LongTile LongTileFromEnv() {
     if (std::strcmp(v, "8x1") == 0) t.states = 1;
     if (std::strcmp(v, "4x1") == 0) t = {4, 1};
     if (std::strcmp(v, "4x2") == 0) t.items = 4;
+    if (std::strcmp(v, "8x2f") == 0) t.f32_bc = true;
+    if (std::strcmp(v, "8x4f") == 0) t = {8, 4, true};
+    if (std::strcmp(v, "8x2v") == 0) t.vec_out = true;
     return t;
   }();
   return tile;
@@ -357,6 +408,9 @@ bool LaunchScanParallel(const SelectiveScanParams& p, Stream stream) {
     using S = decltype(s);
     if (p.dtype != DType::kBF16) return Launch<float, S, 4, 1>(p, stream);
     const LongTile t = long_seqs ? LongTileFromEnv() : LongTile{4, 1};
+    if (t.f32_bc && t.states == 4) return Launch<bf16, S, 8, 4, true>(p, stream);
+    if (t.f32_bc) return Launch<bf16, S, 8, 2, true>(p, stream);
+    if (t.vec_out) return Launch<bf16, S, 8, 2, false, true>(p, stream);
     if (t.items == 8 && t.states == 2) return Launch<bf16, S, 8, 2>(p, stream);
     if (t.items == 8) return Launch<bf16, S, 8, 1>(p, stream);
     if (t.states == 2) return Launch<bf16, S, 4, 2>(p, stream);
