@@ -3,7 +3,8 @@
 # bench/pack_for_device.sh builds (unpacked into /tmp/bms by bench/run_on_device.sh, or here),
 # each run capped at BMS_SAN_TIMEOUT seconds. Logs to $OUT/sanitizer.log, summary lines last.
 #   bash tests/gpu/sanitize_on_device.sh gpu_fused_test gpu_graph_test:'*fp32*'
-# An argument TEST:FILTER passes --gtest_filter=FILTER.
+# An argument TEST:FILTER passes --gtest_filter=FILTER. BMS_SAN_TOOLS picks the tools
+# (default "memcheck racecheck").
 set -u
 ROOT=$(pwd)
 OUT=${OUT:-/tmp/bms-san-out}
@@ -12,7 +13,7 @@ mkdir -p "$OUT" /tmp/bms
 export LD_LIBRARY_PATH="/tmp/bms/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 LOG="$OUT/sanitizer.log"
 : > "$LOG"
-for tool in memcheck racecheck; do
+for tool in ${BMS_SAN_TOOLS:-memcheck racecheck}; do
   for arg in "$@"; do
     t=${arg%%:*}
     filter=$([ "$t" != "$arg" ] && echo "--gtest_filter=${arg#*:}")
