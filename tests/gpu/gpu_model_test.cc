@@ -1,7 +1,8 @@
 // GPU whole-model tests (label gpu): the CUDA backend against the CPU backend (the fp32 oracle)
 // on random models. fp32 mode: greedy decoding equals the CPU token for token for 64 tokens
-// (mixed prefill chunks, continuations and decodes in one batch); bf16 mode: logits within 2e-2
-// normalized error and >= 99% top-1 agreement over 1000 teacher-forced positions. Also state
+// (mixed prefill chunks, continuations and decodes in one batch); bf16 mode: logits over 1000
+// teacher-forced positions within 2e-2 normalized error (dense) or 3x weight rounding's own error
+// (MoE), top-1 agreement bounded by the model's own margins (see Bf16LogitsCloseToFp32Reference). Also state
 // read/copy, routing counters and input validation.
 #include <algorithm>
 #include <numeric>
@@ -225,10 +226,12 @@ TEST_P(ModelTest, Bf16LogitsCloseToFp32Reference) {
               << ")" << std::endl;
     if (c.num_moe_layers() == 0) {
       // Top-1 agreement is bounded by the model's own margins: on these random models rounding
-      // the weights alone (CPU, fp32 math) already flips ~2% of positions, so the bar is 99% or
-      // that agreement, whichever is lower, minus 1.5%.
+      // the weights alone (CPU, fp32 math) already flips 1-2.3% of positions, and the bf16
+      // activations flip a similar, seed-dependent share on top (a.agree - q.agree measured
+      // -20..+6 over 10 fresh seeds on the H100, 2026-11-24), so the bar is 99% or that
+      // agreement, whichever is lower, minus 3%. A wrong kernel lands far below (and fails err).
       EXPECT_LT(a.err, 2e-2);
-      EXPECT_GE(a.agree, std::min(990, q.agree - 15));
+      EXPECT_GE(a.agree, std::min(990, q.agree - 30));
     } else {
       // With top-1 routing, a bf16-sized perturbation moves some tokens to another expert, which
       // changes their output wholesale; on random models that dominates. Bound the GPU's
