@@ -2,8 +2,8 @@
 // on random models. fp32 mode: greedy decoding equals the CPU token for token for 64 tokens
 // (mixed prefill chunks, continuations and decodes in one batch); bf16 mode: logits over 1000
 // teacher-forced positions within 2e-2 normalized error (dense) or 3x weight rounding's own error
-// (MoE), top-1 agreement bounded by the model's own margins (see Bf16LogitsCloseToFp32Reference). Also state
-// read/copy, routing counters and input validation.
+// (MoE), top-1 agreement bounded by the model's own margins (see Bf16LogitsCloseToFp32Reference).
+// Also state read/copy, routing counters and input validation.
 #include <algorithm>
 #include <numeric>
 
