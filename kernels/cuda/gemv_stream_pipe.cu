@@ -41,16 +41,6 @@ __device__ __forceinline__ void WaitPrior() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 1));
 }
 
-__device__ __forceinline__ float Dot8(const uint4& a, const uint4& w, float acc) {
-  const uint32_t av[4] = {a.x, a.y, a.z, a.w}, wv[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    acc = fmaf(__uint_as_float(av[i] << 16), __uint_as_float(wv[i] << 16), acc);
-    acc = fmaf(__uint_as_float(av[i] & 0xffff0000u), __uint_as_float(wv[i] & 0xffff0000u), acc);
-  }
-  return acc;
-}
-
 // Copies kH weight rows (n_vec 16-byte vectors each) into slot (row h at slot + h * n_vec).
 template <int kH, bool kHint>
 __device__ __forceinline__ void IssueRows(uint4* slot, const bf16* const (&rows)[kH], int n_vec,
@@ -79,7 +69,7 @@ __device__ __forceinline__ void DotRows(float (&acc)[kH][kR], const uint4* slot,
       if (i < nr) {
         const uint4 a = __ldg(reinterpret_cast<const uint4*>(xrow[i]) + v);
 #pragma unroll
-        for (int h = 0; h < kH; ++h) acc[h][i] = Dot8(a, w[h], acc[h][i]);
+        for (int h = 0; h < kH; ++h) acc[h][i] = grouped::Dot8Bf16(a, w[h], acc[h][i]);
       }
     }
   }
@@ -89,22 +79,6 @@ __device__ __forceinline__ void DotRows(float (&acc)[kH][kR], const uint4* slot,
     for (int i = 0; i < kR; ++i)
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) acc[h][i] += __shfl_xor_sync(0xffffffffu, acc[h][i], o);
-}
-
-__device__ __forceinline__ int TouchedExpert(const int32_t* offsets, int n_experts, int q,
-                                             int lane) {
-  for (int base = 0; base < n_experts; base += 32) {
-    const int e = base + lane;
-    const bool ne = e < n_experts && offsets[e] < offsets[e + 1];
-    unsigned mask = __ballot_sync(0xffffffffu, ne);
-    const int cnt = __popc(mask);
-    if (q < cnt) {
-      for (int i = 0; i < q; ++i) mask &= mask - 1;
-      return base + __ffs(mask) - 1;
-    }
-    q -= cnt;
-  }
-  return -1;
 }
 
 // ---- grouped ----
@@ -128,7 +102,7 @@ __global__ void __launch_bounds__(kPipeThreads) GroupedPipeKernel(GroupedGemmPar
   const int64_t step = static_cast<int64_t>(gridDim.x) * kPipeWarps;
   const bf16* A = static_cast<const bf16*>(p.a);
   auto rows_of = [&](int64_t item, int* e, int* j, const bf16*(&rows)[kH]) {
-    *e = TouchedExpert(p.expert_offsets, p.n_experts, static_cast<int>(item / p.n), lane);
+    *e = grouped::TouchedExpert(p.expert_offsets, p.n_experts, static_cast<int>(item / p.n), lane);
     *j = static_cast<int>(item % p.n);
 #pragma unroll
     for (int h = 0; h < kH; ++h)

@@ -113,6 +113,36 @@ __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
+// sum_i a[i] * w[i] over 8 bf16 pairs packed in two uint4, added to acc (bf16 -> fp32 is a shift
+// or a mask). Used by the streaming GEMV kernels (grouped_gemv_stream.cu, gemv_stream_pipe.cu).
+__device__ __forceinline__ float Dot8Bf16(const uint4& a, const uint4& w, float acc) {
+  const uint32_t av[4] = {a.x, a.y, a.z, a.w}, wv[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    acc = fmaf(__uint_as_float(av[i] << 16), __uint_as_float(wv[i] << 16), acc);
+    acc = fmaf(__uint_as_float(av[i] & 0xffff0000u), __uint_as_float(wv[i] & 0xffff0000u), acc);
+  }
+  return acc;
+}
+
+// The q-th touched expert (non-empty offset range) in expert order, warp-uniform; -1 if none.
+// Every lane of the warp must call it (ballots).
+__device__ __forceinline__ int TouchedExpert(const int32_t* offsets, int n_experts, int q,
+                                             int lane) {
+  for (int base = 0; base < n_experts; base += 32) {
+    const int e = base + lane;
+    const bool ne = e < n_experts && offsets[e] < offsets[e + 1];
+    unsigned mask = __ballot_sync(0xffffffffu, ne);
+    const int cnt = __popc(mask);
+    if (q < cnt) {
+      for (int i = 0; i < q; ++i) mask &= mask - 1;
+      return base + __ffs(mask) - 1;
+    }
+    q -= cnt;
+  }
+  return -1;
+}
+
 }  // namespace bms::cuda::grouped
 
 namespace bms::cuda {

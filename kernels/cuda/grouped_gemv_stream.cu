@@ -55,17 +55,6 @@ __device__ __forceinline__ uint4 LoadStream(const void* p) {
   return v;
 }
 
-// sum_i a[i] * w[i] over 8 bf16 pairs, added to acc (bf16 -> fp32 is a shift or a mask).
-__device__ __forceinline__ float Dot8Acc(const uint4& a, const uint4& w, float acc) {
-  const uint32_t av[4] = {a.x, a.y, a.z, a.w}, wv[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    acc = fmaf(__uint_as_float(av[i] << 16), __uint_as_float(wv[i] << 16), acc);
-    acc = fmaf(__uint_as_float(av[i] & 0xffff0000u), __uint_as_float(wv[i] & 0xffff0000u), acc);
-  }
-  return acc;
-}
-
 // The per-warp streaming core: kH weight rows, kU vectors per lane per row per chunk, kR rows of
 // x per pass, the k range split over kS warps (this warp: s).
 template <int kH, int kU, int kR, int kS, bool kHint = true>
@@ -103,7 +92,7 @@ struct Core {
           if (i < nr) {
             const uint4 a = __ldg(reinterpret_cast<const uint4*>(xrow[i] + v * 8));
 #pragma unroll
-            for (int h = 0; h < kH; ++h) acc[h][i] = Dot8Acc(a, w[h][u], acc[h][i]);
+            for (int h = 0; h < kH; ++h) acc[h][i] = grouped::Dot8Bf16(a, w[h][u], acc[h][i]);
           }
         }
       }
@@ -144,23 +133,6 @@ struct Core {
 
 // ---- grouped ----
 
-// The q-th touched expert (offsets non-empty), warp-uniform; -1 if none.
-__device__ __forceinline__ int TouchedExpert(const int32_t* offsets, int n_experts, int q,
-                                             int lane) {
-  for (int base = 0; base < n_experts; base += 32) {
-    const int e = base + lane;
-    const bool ne = e < n_experts && offsets[e] < offsets[e + 1];
-    unsigned mask = __ballot_sync(0xffffffffu, ne);
-    const int cnt = __popc(mask);
-    if (q < cnt) {
-      for (int i = 0; i < q; ++i) mask &= mask - 1;
-      return base + __ffs(mask) - 1;
-    }
-    q -= cnt;
-  }
-  return -1;
-}
-
 __device__ __forceinline__ int TouchedCount(const int32_t* offsets, int n_experts, int lane) {
   int cnt = 0;
   for (int base = 0; base < n_experts; base += 32) {
@@ -190,7 +162,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) GroupedStreamKernel(Grou
     const bool active = item < total;  // block-uniform loop; inactive slots join the barriers
     int e = 0, j = 0, begin = 0, end = 0;
     if (active) {
-      e = TouchedExpert(p.expert_offsets, p.n_experts, static_cast<int>(item / p.n), lane);
+      e = grouped::TouchedExpert(p.expert_offsets, p.n_experts, static_cast<int>(item / p.n), lane);
       j = static_cast<int>(item % p.n);
       begin = p.expert_offsets[e];
       end = p.expert_offsets[e + 1];
