@@ -116,9 +116,11 @@ class EngineImpl final : public Engine {
       : backend_(std::move(backend)),
         options_(std::move(options)),
         fail_every_(fail_every),
-        scheduler_(SchedulerOptions{.num_slots = backend_->num_slots(),
-                                    .max_num_batched_tokens = options_.max_num_batched_tokens,
-                                    .eos_token_id = options_.eos_token_id}),
+        scheduler_(SchedulerOptions{
+            .num_slots = backend_->num_slots(),
+            .max_num_batched_tokens = options_.max_num_batched_tokens,
+            .eos_token_id = options_.eos_token_id,
+            .max_logits_rows = std::min(backend_->num_slots(), options_.max_num_batched_tokens)}),
         seed_gen_(std::random_device{}()) {
     if (options_.sampler_threads > 1) {
       sampler_pool_ = std::make_unique<ref::ThreadPool>(options_.sampler_threads);
@@ -209,6 +211,9 @@ absl::Status EngineImpl::ValidateRequest(const GenerateRequest& r) const {
       return absl::InvalidArgumentError(
           absl::StrCat("prompt token id ", t, " must be in [0, ", vocab, ")"));
     }
+  }
+  if (r.prompt_logprobs < -1 || r.prompt_logprobs > 20) {
+    return absl::InvalidArgumentError("prompt_logprobs must be in [0, 20] (or -1: none)");
   }
   const int max_n = std::min(options_.max_n, backend_->num_slots());
   if (r.n < 1 || r.n > max_n) {
@@ -415,6 +420,7 @@ void EngineImpl::RunStep() {
   result.status = absl::OkStatus();
   result.seq_status.clear();
   result.sampled.clear();
+  result.prompt_logprobs.clear();
   if (!plan.empty()) Execute(plan, &result, &backend_seconds);
   UpdateOutput& out = out_;
   scheduler_.Update(plan, result, Clock::now(), &out);
@@ -479,16 +485,41 @@ void EngineImpl::Execute(const StepPlan& plan, StepResult* result_ptr, double* b
     const float* row;  // [vocab]
   };
   std::vector<SampleJob> jobs;
+  // A kAll prompt chunk's rows score the prompt tokens after each of its tokens.
+  struct ScoreJob {
+    TokenLogprob* out;
+    int32_t token;  // the prompt token that follows the row's position
+    int top_n;
+    const float* row;  // [vocab]
+  };
+  std::vector<ScoreJob> score_jobs;
   size_t row = 0;
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     const PlannedSeq& seq = plan.seqs[i];
     if (seq.chunk.logits == LogitsMode::kNone) continue;
-    if ((row + 1) * vocab > logits_.size()) {
+    const size_t n_rows = seq.chunk.logits == LogitsMode::kAll ? seq.chunk.n_tokens : 1;
+    if ((row + n_rows) * vocab > logits_.size()) {
       result.seq_status[i] = absl::InternalError("backend returned fewer logits rows than asked");
+      row += n_rows;
       continue;
     }
-    std::span<const float> logits(logits_.data() + row * vocab, vocab);
-    ++row;
+    if (seq.chunk.logits == LogitsMode::kAll && seq.choice < 0) {
+      const GenerateRequest& req = seq.request->request;
+      const int start = seq.request->prefilled;  // prompt position of the chunk's first token
+      const int n_scored = std::min<int>(seq.chunk.n_tokens, seq.request->prompt_len() - 1 - start);
+      if (result.prompt_logprobs.size() < plan.seqs.size())
+        result.prompt_logprobs.resize(plan.seqs.size());
+      std::vector<TokenLogprob>& scores = result.prompt_logprobs[i];
+      scores.resize(std::max(n_scored, 0));
+      for (int t = 0; t < n_scored; ++t) {
+        score_jobs.push_back({&scores[t], req.prompt_ids[start + t + 1],
+                              std::max(req.prompt_logprobs, 0),
+                              logits_.data() + (row + t) * vocab});
+      }
+    }
+    // Sampling reads the chunk's last row.
+    std::span<const float> logits(logits_.data() + (row + n_rows - 1) * vocab, vocab);
+    row += n_rows;
     for (int dst : seq.fork_to) {
       absl::Status s = backend_->CopyState(seq.chunk.slot, dst);
       if (!s.ok()) {
@@ -514,6 +545,15 @@ void EngineImpl::Execute(const StepPlan& plan, StepResult* result_ptr, double* b
           result.sampled[job.seq][job.index] =
               SampleToken(std::span<const float>(job.row, vocab),
                           scheduler_.ContextFor(*plan.seqs[job.seq].request, job.choice), &scratch);
+        }
+      },
+      rows_per_range);
+  ref::ParallelFor(
+      sampler_pool_.get(), static_cast<int64_t>(score_jobs.size()),
+      [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) {
+          const ScoreJob& job = score_jobs[k];
+          *job.out = ComputeLogprobs(std::span<const float>(job.row, vocab), job.token, job.top_n);
         }
       },
       rows_per_range);

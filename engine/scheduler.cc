@@ -63,8 +63,14 @@ SampleContext Scheduler::ContextFor(const RequestState& r, int choice) const {
   return ctx;
 }
 
-void Scheduler::AddPromptChunk(RequestState* r, int budget, StepPlan* plan) {
-  const int n_tokens = std::min(r->prompt_len() - r->prefilled, budget);
+int Scheduler::AddPromptChunk(RequestState* r, int budget, StepPlan* plan) {
+  const bool scored = r->request.prompt_logprobs >= 0;
+  int n_tokens = std::min(r->prompt_len() - r->prefilled, budget);
+  if (scored && options_.max_logits_rows > 0) {
+    // No room left (another scored chunk took the rows): this prompt waits for the next step.
+    n_tokens = std::min(n_tokens, options_.max_logits_rows - plan->num_logits_rows);
+    if (n_tokens <= 0) return 0;
+  }
   const bool last = r->prefilled + n_tokens == r->prompt_len();
   PlannedSeq seq;
   seq.request = r;
@@ -73,7 +79,8 @@ void Scheduler::AddPromptChunk(RequestState* r, int budget, StepPlan* plan) {
   seq.chunk.token_offset = static_cast<int>(plan->tokens.size());
   seq.chunk.n_tokens = n_tokens;
   seq.chunk.first_chunk = r->prefilled == 0;
-  seq.chunk.logits = last ? LogitsMode::kLast : LogitsMode::kNone;
+  seq.chunk.logits = scored ? LogitsMode::kAll : last ? LogitsMode::kLast : LogitsMode::kNone;
+  plan->num_logits_rows += scored ? n_tokens : last ? 1 : 0;
   if (last) {
     for (size_t c = 0; c < r->choices.size(); ++c) {
       if (c > 0) seq.fork_to.push_back(r->choices[c].slot);
@@ -85,6 +92,7 @@ void Scheduler::AddPromptChunk(RequestState* r, int budget, StepPlan* plan) {
   plan->chunks.push_back(seq.chunk);
   plan->seqs.push_back(std::move(seq));
   plan->num_prefill_tokens += n_tokens;
+  return n_tokens;
 }
 
 StepPlan Scheduler::Schedule(Clock::time_point now) {
@@ -100,6 +108,7 @@ void Scheduler::Schedule(Clock::time_point now, StepPlan* out) {
   plan.seqs.clear();
   plan.num_decode_tokens = 0;
   plan.num_prefill_tokens = 0;
+  plan.num_logits_rows = 0;
   int budget = options_.max_num_batched_tokens;
   bool prompts_left = false;  // some admitted prompt still needs chunks
   // 1. One decode token for every unfinished choice of a fully prefilled request.
@@ -124,6 +133,7 @@ void Scheduler::Schedule(Clock::time_point now, StepPlan* out) {
       plan.tokens.push_back(c.generated.back());
       plan.chunks.push_back(seq.chunk);
       ++plan.num_decode_tokens;
+      ++plan.num_logits_rows;
       --budget;
     }
   }
@@ -132,8 +142,7 @@ void Scheduler::Schedule(Clock::time_point now, StepPlan* out) {
   for (auto it = running_.begin(); prompts_left && budget > 0 && it != running_.end(); ++it) {
     RequestState* r = it->second.get();
     if (r->cancel_requested || r->prefill_done()) continue;
-    AddPromptChunk(r, budget, &plan);
-    budget -= plan.seqs.back().chunk.n_tokens;
+    budget -= AddPromptChunk(r, budget, &plan);
   }
   // 3. Admit waiting requests in order while slots and budget last.
   for (auto it = waiting_.begin(); it != waiting_.end() && budget > 0;) {
@@ -150,8 +159,7 @@ void Scheduler::Schedule(Clock::time_point now, StepPlan* out) {
     r->first_scheduled_time = now;
     auto node = waiting_.extract(it++);
     running_.insert(std::move(node));
-    AddPromptChunk(r, budget, &plan);
-    budget -= plan.seqs.back().chunk.n_tokens;
+    budget -= AddPromptChunk(r, budget, &plan);
   }
 }
 
@@ -220,6 +228,7 @@ void Scheduler::AppendToken(RequestState* r, int choice, const SampledToken& s,
   // drop its text unless asked to include it.
   ev.token_ids.push_back(s.token);
   if (p.logprobs >= 0) ev.logprobs.push_back(s.logprob);
+  if (before == 0 && r->request.prompt_logprobs >= 0) ev.prompt_logprobs = r->prompt_logprobs;
   if (is_stop_id && before >= p.min_tokens) {
     FinishChoice(r, &c, FinishReason::kStop, s.token, absl::OkStatus(), now, &ev);
   } else if (static_cast<int>(c.generated.size()) >= p.max_tokens) {
@@ -265,9 +274,17 @@ void Scheduler::Update(const StepPlan& plan, const StepResult& result, Clock::ti
     if (seq.choice < 0) {
       r->prefilled += seq.chunk.n_tokens;
       out.prompt_tokens += seq.chunk.n_tokens;
+      if (r->request.prompt_logprobs >= 0 && i < result.prompt_logprobs.size()) {
+        const std::vector<TokenLogprob>& scores = result.prompt_logprobs[i];
+        r->prompt_logprobs.insert(r->prompt_logprobs.end(), scores.begin(), scores.end());
+      }
     }
     for (size_t j = 0; j < seq.sample_choices.size(); ++j) {
       AppendToken(r, seq.sample_choices[j], (*sampled)[j], now, &out);
+    }
+    // The prompt's last chunk: every choice's first event carries the scores now.
+    if (seq.choice < 0 && !seq.sample_choices.empty()) {
+      std::vector<TokenLogprob>().swap(r->prompt_logprobs);
     }
   }
   // Cancellations (explicit, abandoned channels, shutdown) take effect now. A choice cancel

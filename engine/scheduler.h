@@ -15,6 +15,9 @@
 // at once); admission is strictly in order (no skipping ahead of a head that does not fit).
 // A prompt is prefilled in slot of choice 0; when its last chunk runs, the plan asks the engine
 // to copy that state into the other choices' slots (fork for n > 1).
+// A request with prompt_logprobs >= 0 has its prompt chunks run with a logits row per token
+// (LogitsMode::kAll) so the engine can score every prompt token; those chunks are also capped so
+// that the step's logits rows stay within max_logits_rows (the backend's pre-sized workspace).
 //
 // Not thread-safe: only the engine thread (or one test thread) may call it.
 #pragma once
@@ -58,6 +61,9 @@ struct RequestState {
   int unfinished = 0;                // choices not finished yet
   std::vector<ChoiceState> choices;  // [n]
   Clock::time_point arrival_time{}, first_scheduled_time{}, first_token_time{};
+  // prompt_logprobs >= 0: scores of prompt tokens 1 .. prefilled-ish, gathered chunk by chunk and
+  // sent in each choice's first event (then released).
+  std::vector<TokenLogprob> prompt_logprobs;
 
   int prompt_len() const { return static_cast<int>(request.prompt_ids.size()); }
   bool prefill_done() const { return prefilled == prompt_len(); }
@@ -81,6 +87,7 @@ struct StepPlan {
   std::vector<PlannedSeq> seqs;
   int num_decode_tokens = 0;
   int num_prefill_tokens = 0;
+  int num_logits_rows = 0;  // rows the backend writes: 1 per kLast chunk, n_tokens per kAll
   bool empty() const { return seqs.empty(); }
   StepInput Input() const { return StepInput{tokens, chunks}; }
 };
@@ -90,6 +97,9 @@ struct StepResult {
   absl::Status status;                   // not ok: the whole step failed
   std::vector<absl::Status> seq_status;  // [seqs] or empty: per-sequence failure
   std::vector<absl::InlinedVector<SampledToken, 1>> sampled;  // [seqs][sample_choices]
+  // [seqs] or empty: for a kAll prompt chunk of n tokens starting at prompt position p, the
+  // scores of prompt tokens p+1 .. min(p+n, prompt_len-1) (row t scores token p+t+1).
+  std::vector<std::vector<TokenLogprob>> prompt_logprobs;
 };
 
 struct OutgoingEvent {
@@ -108,6 +118,10 @@ struct SchedulerOptions {
   int num_slots = 1;
   int max_num_batched_tokens = 2048;
   int eos_token_id = 0;
+  // Most logits rows one step may ask for (0: no cap). Only prompt_logprobs chunks (a row per
+  // token) can reach it; the engine passes min(num_slots, max_num_batched_tokens), the rows the
+  // CUDA backend's workspace is sized for.
+  int max_logits_rows = 0;
 };
 
 class Scheduler {
@@ -149,7 +163,8 @@ class Scheduler {
   using Queue = std::map<Key, std::unique_ptr<RequestState>>;
   static Key KeyOf(const RequestState& r) { return {r.request.priority, r.serial}; }
 
-  void AddPromptChunk(RequestState* r, int budget, StepPlan* plan);
+  // Adds r's next prompt chunk (at most `budget` tokens); returns its tokens (0: none fits).
+  int AddPromptChunk(RequestState* r, int budget, StepPlan* plan);
   void AppendToken(RequestState* r, int choice, const SampledToken& s, Clock::time_point now,
                    UpdateOutput* out);
   // Finishes every unfinished choice of r with `reason` (an event each).

@@ -2,6 +2,7 @@
 // plain decode loop on the backend, and a seeded request's output is identical alone, among 32
 // other requests of different lengths and params, and with its prompt prefilled in many chunks.
 #include <algorithm>
+#include <cmath>
 #include <random>
 
 #include "engine/cpu_backend.h"
@@ -131,6 +132,79 @@ TEST(CpuEngine, SeededOutputIndependentOfBatchAndChunking) {
           << "budget " << run.budget << " batched " << run.batched << " choice " << c;
     }
   }
+}
+
+// Prompt scoring: the engine's prompt_logprobs equal log-softmax over the backend's own logits
+// rows for the whole prompt (one kAll chunk on a fresh backend, computed here in double), though
+// the engine prefills it in 4-token chunks next to another request, for both choices.
+TEST(CpuEngine, PromptLogprobsScoreEveryPromptToken) {
+  ModelWeights w = TinyWeights();
+  std::vector<int32_t> prompt;
+  std::mt19937 rng(::testing::UnitTest::GetInstance()->random_seed());
+  for (int i = 0; i < 23; ++i) prompt.push_back(static_cast<int32_t>(rng() % 500));
+  const int kTop = 3;
+  struct Want {
+    double logprob;
+    std::vector<int32_t> top;
+  };
+  std::vector<Want> want;
+  {
+    auto b = TinyBackend(w, 1);
+    std::vector<float> logits;
+    SeqChunk c{.slot = 0,
+               .token_offset = 0,
+               .n_tokens = static_cast<int>(prompt.size()),
+               .first_chunk = true,
+               .logits = LogitsMode::kAll};
+    ASSERT_TRUE(b->Forward({prompt, std::span<const SeqChunk>(&c, 1)}, &logits).ok());
+    const size_t vocab = logits.size() / prompt.size();
+    for (size_t i = 0; i + 1 < prompt.size(); ++i) {
+      const float* row = logits.data() + i * vocab;
+      double mx = *std::max_element(row, row + vocab), sum = 0;
+      for (size_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(row[v]) - mx);
+      std::vector<int32_t> order(vocab);
+      for (size_t v = 0; v < vocab; ++v) order[v] = static_cast<int32_t>(v);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+      order.resize(kTop);
+      want.push_back({row[prompt[i + 1]] - mx - std::log(sum), order});
+    }
+  }
+  auto engine = TinyEngine(w, 4, 5);
+  GenerateRequest other = bms::testing::Greedy({5, 6, 7, 8, 9, 10, 11}, 6);
+  auto other_ch = engine->Submit(std::move(other));
+  GenerateRequest req = bms::testing::Greedy(prompt, 3);
+  req.n = 2;
+  req.prompt_logprobs = kTop;
+  auto ch = engine->Submit(std::move(req));
+  ASSERT_TRUE(ch.ok() && other_ch.ok());
+  auto got = Collect(**ch, 2);
+  auto other_got = Collect(**other_ch, 1);
+  EXPECT_TRUE(other_got[0].prompt_logprobs.empty());
+  for (const ChoiceResult& c : got) {
+    EXPECT_EQ(c.prompt_logprob_events, 1);
+    ASSERT_EQ(c.prompt_logprobs.size(), prompt.size() - 1);
+    for (size_t i = 0; i + 1 < prompt.size(); ++i) {
+      const TokenLogprob& lp = c.prompt_logprobs[i];
+      EXPECT_EQ(lp.token, prompt[i + 1]) << i;
+      EXPECT_NEAR(lp.logprob, want[i].logprob, 1e-4) << i;
+      ASSERT_EQ(lp.top.size(), static_cast<size_t>(kTop)) << i;
+      for (int k = 0; k < kTop; ++k) EXPECT_EQ(lp.top[k].first, want[i].top[k]) << i << "," << k;
+      EXPECT_GE(lp.top[0].second, lp.logprob - 1e-6) << i;
+    }
+  }
+  EXPECT_EQ(got[0].tokens, got[1].tokens);  // greedy: both choices alike
+}
+
+TEST(CpuEngine, PromptLogprobsOutOfRangeIsRejected) {
+  ModelWeights w = TinyWeights();
+  auto engine = TinyEngine(w, 2, 8);
+  GenerateRequest req = bms::testing::Greedy({1, 2, 3}, 2);
+  req.prompt_logprobs = 21;
+  auto ch = engine->Submit(std::move(req));
+  ASSERT_FALSE(ch.ok());
+  EXPECT_EQ(ch.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(ch.status().message().find("prompt_logprobs"), std::string_view::npos);
 }
 
 }  // namespace

@@ -14,6 +14,8 @@ namespace bms::testing {
 struct ChoiceResult {
   std::vector<int32_t> tokens;
   std::vector<TokenLogprob> logprobs;
+  std::vector<TokenLogprob> prompt_logprobs;  // prompt scores (prompt_logprobs >= 0)
+  int prompt_logprob_events = 0;              // events that carried them (must be <= 1)
   FinishReason finish = FinishReason::kNone;
   int32_t stop_token = -1;
   absl::Status error;
@@ -29,6 +31,10 @@ inline void Absorb(const GenerationEvent& ev, std::vector<ChoiceResult>* choices
   if (c.finals > 0) ++c.after_final;
   c.tokens.insert(c.tokens.end(), ev.token_ids.begin(), ev.token_ids.end());
   c.logprobs.insert(c.logprobs.end(), ev.logprobs.begin(), ev.logprobs.end());
+  if (!ev.prompt_logprobs.empty()) {
+    ++c.prompt_logprob_events;
+    c.prompt_logprobs = ev.prompt_logprobs;
+  }
   if (ev.finish != FinishReason::kNone) {
     ++c.finals;
     c.finish = ev.finish;

@@ -2,6 +2,7 @@
 // priority, n > 1 forks, slot release on finish/cancel, errors.
 #include "engine/scheduler.h"
 
+#include <map>
 #include <memory>
 
 #include "gtest/gtest.h"
@@ -231,6 +232,120 @@ TEST(Scheduler, FailedStepErrorsOnlyItsRequests) {
   EXPECT_EQ(o.finished_ids, std::vector<std::string>{"a"});
   EXPECT_EQ(s.slots().num_used(), 0);
   EXPECT_EQ(s.num_waiting(), 1);  // b is still waiting, untouched
+}
+
+// A fake score for prompt position `pos` of a scored chunk (what the engine would compute).
+TokenLogprob FakeScore(int pos) {
+  return TokenLogprob{.token = pos, .logprob = -0.5f * static_cast<float>(pos), .top = {}};
+}
+
+// SampleAll plus, for every kAll prompt chunk, one fake score per prompt token after each of its
+// tokens (the engine's contract: row t of a chunk starting at p scores token p + t + 1).
+StepResult SampleAndScore(const StepPlan& plan) {
+  StepResult res = SampleAll(plan);
+  res.prompt_logprobs.resize(plan.seqs.size());
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    const PlannedSeq& s = plan.seqs[i];
+    if (s.chunk.logits != LogitsMode::kAll) continue;
+    const int start = s.request->prefilled;
+    for (int t = 0; t < s.chunk.n_tokens && start + t + 1 < s.request->prompt_len(); ++t)
+      res.prompt_logprobs[i].push_back(FakeScore(start + t + 1));
+  }
+  return res;
+}
+
+TEST(Scheduler, ScoredPromptRunsRowPerTokenCappedByMaxLogitsRows) {
+  Scheduler s(
+      {.num_slots = 4, .max_num_batched_tokens = 16, .eos_token_id = 0, .max_logits_rows = 4});
+  auto r = MakeRequest("a", 10, 2, /*n=*/2);
+  r->request.prompt_logprobs = 1;
+  s.Add(std::move(r));
+  auto now = Clock::now();
+  std::vector<int> chunk_sizes;
+  UpdateOutput out;
+  for (int step = 0; step < 3; ++step) {
+    StepPlan p = s.Schedule(now);
+    ASSERT_EQ(p.seqs.size(), 1u);
+    EXPECT_EQ(p.chunks[0].logits, LogitsMode::kAll);
+    EXPECT_EQ(p.num_logits_rows, p.chunks[0].n_tokens);
+    EXPECT_LE(p.num_logits_rows, 4);
+    chunk_sizes.push_back(p.chunks[0].n_tokens);
+    out = s.Update(p, SampleAndScore(p), now);
+    if (step < 2) EXPECT_TRUE(out.events.empty());
+  }
+  EXPECT_EQ(chunk_sizes, (std::vector<int>{4, 4, 2}));
+  // Both choices' first events carry the 9 scores of prompt tokens 1..9, in order.
+  ASSERT_EQ(out.events.size(), 2u);
+  for (const OutgoingEvent& e : out.events) {
+    ASSERT_EQ(e.event.prompt_logprobs.size(), 9u);
+    for (int k = 0; k < 9; ++k) {
+      EXPECT_EQ(e.event.prompt_logprobs[k].token, k + 1);
+      EXPECT_FLOAT_EQ(e.event.prompt_logprobs[k].logprob, FakeScore(k + 1).logprob);
+    }
+  }
+  // Later events do not repeat them.
+  StepPlan p = s.Schedule(now);
+  EXPECT_EQ(p.num_decode_tokens, 2);
+  UpdateOutput later = s.Update(p, SampleAll(p), now);
+  ASSERT_EQ(later.events.size(), 2u);
+  for (const OutgoingEvent& e : later.events) EXPECT_TRUE(e.event.prompt_logprobs.empty());
+}
+
+TEST(Scheduler, UnscoredPromptIsNotCappedAndHasNoScores) {
+  Scheduler s(
+      {.num_slots = 4, .max_num_batched_tokens = 16, .eos_token_id = 0, .max_logits_rows = 2});
+  s.Add(MakeRequest("a", 10, 1));
+  auto now = Clock::now();
+  StepPlan p = s.Schedule(now);
+  ASSERT_EQ(p.seqs.size(), 1u);
+  EXPECT_EQ(p.chunks[0].n_tokens, 10);
+  EXPECT_EQ(p.chunks[0].logits, LogitsMode::kLast);
+  EXPECT_EQ(p.num_logits_rows, 1);
+  UpdateOutput o = s.Update(p, SampleAll(p), now);
+  ASSERT_EQ(o.events.size(), 1u);
+  EXPECT_TRUE(o.events[0].event.prompt_logprobs.empty());
+}
+
+TEST(Scheduler, ScoredPromptsShareTheRowCapWithDecodes) {
+  Scheduler s(
+      {.num_slots = 4, .max_num_batched_tokens = 64, .eos_token_id = 0, .max_logits_rows = 4});
+  auto now = Clock::now();
+  s.Add(MakeRequest("d", 1, 50, /*n=*/2));  // two decoding choices
+  StepPlan p0 = s.Schedule(now);
+  s.Update(p0, SampleAll(p0), now);
+  auto a = MakeRequest("a", 8, 1);
+  a->request.prompt_logprobs = 0;
+  auto b = MakeRequest("b", 8, 1);
+  b->request.prompt_logprobs = 0;
+  s.Add(std::move(a));
+  s.Add(std::move(b));
+  // 2 decode rows leave 2 rows: a gets a 2-token chunk, b (admitted, no rows left) waits.
+  StepPlan p1 = s.Schedule(now);
+  EXPECT_EQ(p1.num_decode_tokens, 2);
+  ASSERT_EQ(p1.seqs.size(), 3u);
+  EXPECT_EQ(p1.seqs[2].request->request.request_id, "a");
+  EXPECT_EQ(p1.chunks[2].n_tokens, 2);
+  EXPECT_EQ(p1.num_logits_rows, 4);
+  EXPECT_EQ(s.slots().num_used(), 4);  // b holds its slot already
+  s.Update(p1, SampleAndScore(p1), now);
+  // Both prompts finish within the cap, and each is scored in full.
+  std::map<std::string, std::vector<TokenLogprob>> scores;
+  for (int step = 0; step < 20 && scores.size() < 2; ++step) {
+    StepPlan p = s.Schedule(now);
+    EXPECT_LE(p.num_logits_rows, 4);
+    std::map<const EventChannel*, std::string> id_of;  // Update may free a finished request
+    for (const PlannedSeq& q : p.seqs)
+      id_of[q.request->channel.get()] = q.request->request.request_id;
+    UpdateOutput o = s.Update(p, SampleAndScore(p), now);
+    for (const OutgoingEvent& e : o.events)
+      if (!e.event.prompt_logprobs.empty())
+        scores[id_of[e.channel.get()]] = e.event.prompt_logprobs;
+  }
+  ASSERT_EQ(scores.size(), 2u);
+  for (const auto& [id, v] : scores) {
+    ASSERT_EQ(v.size(), 7u) << id;
+    for (int k = 0; k < 7; ++k) EXPECT_EQ(v[k].token, k + 1) << id;
+  }
 }
 
 }  // namespace
