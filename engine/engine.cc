@@ -554,6 +554,9 @@ void EngineImpl::Execute(const StepPlan& plan, StepResult* result_ptr, double* b
         for (int64_t k = begin; k < end; ++k) {
           const ScoreJob& job = score_jobs[k];
           *job.out = ComputeLogprobs(std::span<const float>(job.row, vocab), job.token, job.top_n);
+          const float x = job.row[job.token];
+          job.out->rank = 1 + static_cast<int>(std::count_if(job.row, job.row + vocab,
+                                                             [x](float v) { return v > x; }));
         }
       },
       rows_per_range);

@@ -52,6 +52,7 @@ struct TokenLogprob {
   int32_t token = 0;
   float logprob = 0.f;
   std::vector<std::pair<int32_t, float>> top;  // most likely first
+  int rank = 0;  // prompt scores only: 1 + tokens strictly more likely (0: not computed)
 };
 
 // One event for one choice of a request. Events of a choice arrive in order; the last one has

@@ -146,6 +146,7 @@ TEST(CpuEngine, PromptLogprobsScoreEveryPromptToken) {
   struct Want {
     double logprob;
     std::vector<int32_t> top;
+    int rank;
   };
   std::vector<Want> want;
   {
@@ -167,7 +168,9 @@ TEST(CpuEngine, PromptLogprobsScoreEveryPromptToken) {
       std::stable_sort(order.begin(), order.end(),
                        [&](int32_t a, int32_t b) { return row[a] > row[b]; });
       order.resize(kTop);
-      want.push_back({row[prompt[i + 1]] - mx - std::log(sum), order});
+      int rank = 1;
+      for (size_t v = 0; v < vocab; ++v) rank += row[v] > row[prompt[i + 1]];
+      want.push_back({row[prompt[i + 1]] - mx - std::log(sum), order, rank});
     }
   }
   auto engine = TinyEngine(w, 4, 5);
@@ -188,6 +191,7 @@ TEST(CpuEngine, PromptLogprobsScoreEveryPromptToken) {
       const TokenLogprob& lp = c.prompt_logprobs[i];
       EXPECT_EQ(lp.token, prompt[i + 1]) << i;
       EXPECT_NEAR(lp.logprob, want[i].logprob, 1e-4) << i;
+      EXPECT_EQ(lp.rank, want[i].rank) << i;
       ASSERT_EQ(lp.top.size(), static_cast<size_t>(kTop)) << i;
       for (int k = 0; k < kTop; ++k) EXPECT_EQ(lp.top[k].first, want[i].top[k]) << i << "," << k;
       EXPECT_GE(lp.top[0].second, lp.logprob - 1e-6) << i;
