@@ -17,6 +17,12 @@ struct OpenAiGeneration::Choice {
   std::vector<TokenLogprob> logprobs;  // every generated token (when requested)
   size_t token_bytes = 0;              // bytes of the tokens in `logprobs` (for text_offset)
   size_t echo_bytes = 0;
+  // Prompt scoring (echo + logprobs, prompt_logprobs): the engine's scores, from the choice's
+  // first event. A streamed echo waits for them, so the prompt's text and scores go together.
+  bool first_event_seen = false;
+  bool prompt_scored = false;
+  std::vector<TokenLogprob> prompt_logprobs;
+  bool echo_deferred = false;
   int completion_tokens = 0;
   FinishReason finish = FinishReason::kNone;
   bool done = false;
@@ -53,6 +59,7 @@ std::optional<ApiError> OpenAiGeneration::Submit(std::function<void()> notify) {
       if (spec_.echo) {
         choice->text = spec_.prompt_texts[p];
         choice->echo_bytes = choice->text.size();
+        choice->echo_deferred = spec_.stream && spec_.echo_logprobs();
       }
       choices_.push_back(std::move(choice));
     }
@@ -64,6 +71,7 @@ std::optional<ApiError> OpenAiGeneration::Submit(std::function<void()> notify) {
     req.prompt_ids = spec_.prompts[p];
     req.sampling = spec_.sampling;
     req.sampling.logprobs = spec_.top_logprobs;
+    req.prompt_logprobs = spec_.EnginePromptLogprobs();
     req.n = n;
     req.priority = spec_.priority;
     ChoiceStreamOptions options;
@@ -113,6 +121,17 @@ void OpenAiGeneration::HandleEvent(size_t prompt, const GenerationEvent& ev,
     ttft_seconds_ = std::chrono::duration<double>(ev.first_token_time - ev.arrival_time).count();
   }
   ChoicePiece& piece = (*pieces)[index];
+  if (!c.first_event_seen) {
+    c.first_event_seen = true;
+    // The first token's event carries the prompt's scores (none when it ended before a token).
+    if (spec_.EnginePromptLogprobs() >= 0 && !ev.token_ids.empty()) {
+      c.prompt_scored = true;
+      c.prompt_logprobs = ev.prompt_logprobs;
+      piece.prompt_first_token = spec_.prompts[prompt].front();
+      piece.prompt_logprobs = ev.prompt_logprobs;
+    }
+    if (c.echo_deferred) piece.text = spec_.prompt_texts[prompt];
+  }
   c.completion_tokens = d.completion_tokens;
   if (!d.logprobs.empty() && piece.logprobs.empty()) {
     piece.text_offset = c.echo_bytes + c.token_bytes;
@@ -146,6 +165,13 @@ void OpenAiGeneration::HandleEvent(size_t prompt, const GenerationEvent& ev,
   if (run.stream.AllFinished() && !run.stream.NeedsEngineCancel()) run.engine_live = false;
 }
 
+void OpenAiGeneration::AddPromptScores(const ChoicePiece& piece, json* choice) const {
+  if (spec_.kind == ApiKind::kCompletion && spec_.echo_logprobs())
+    PrependEchoLogprobs(*ctx_.tokenizer, piece, spec_.top_logprobs, choice);
+  if (spec_.prompt_logprobs >= 0)
+    AddVllmPromptLogprobs(*ctx_.tokenizer, piece, spec_.prompt_logprobs, choice);
+}
+
 std::string OpenAiGeneration::Frame(const json& j) const {
   return absl::StrCat("data: ", j.dump(-1, ' ', false, json::error_handler_t::replace), "\n\n");
 }
@@ -159,6 +185,7 @@ void OpenAiGeneration::AppendChunk(const std::vector<ChoicePiece>& pieces, std::
     }
     json choice = chat ? ChatChoiceJson(*ctx_.tokenizer, p, logprobs, /*delta=*/true)
                        : CompletionChoiceJson(*ctx_.tokenizer, p, logprobs);
+    AddPromptScores(p, &choice);
     json chunk{{"id", id_},
                {"object", chat ? "chat.completion.chunk" : "text_completion"},
                {"created", created_},
@@ -176,7 +203,7 @@ bool OpenAiGeneration::Drain(std::string* sse) {
     stream_started_ = true;
     for (size_t i = 0; i < pieces.size(); ++i) {
       if (spec_.kind == ApiKind::kChat) pieces[i].role = true;
-      if (spec_.echo) pieces[i].text = choices_[i]->text;
+      if (spec_.echo && !choices_[i]->echo_deferred) pieces[i].text = choices_[i]->text;
     }
   }
   for (size_t p = 0; p < runs_.size(); ++p) {
@@ -222,8 +249,14 @@ json OpenAiGeneration::FinalResponse() const {
     p.logprobs = c->logprobs;
     p.text_offset = c->echo_bytes;
     p.finish = c->finish;
-    choices.push_back(chat ? ChatChoiceJson(*ctx_.tokenizer, p, logprobs, /*delta=*/false)
-                           : CompletionChoiceJson(*ctx_.tokenizer, p, logprobs));
+    if (c->prompt_scored) {
+      p.prompt_first_token = spec_.prompts[c->prompt].front();
+      p.prompt_logprobs = c->prompt_logprobs;
+    }
+    json choice = chat ? ChatChoiceJson(*ctx_.tokenizer, p, logprobs, /*delta=*/false)
+                       : CompletionChoiceJson(*ctx_.tokenizer, p, logprobs);
+    AddPromptScores(p, &choice);
+    choices.push_back(std::move(choice));
   }
   return json{{"id", id_},
               {"object", chat ? "chat.completion" : "text_completion"},

@@ -55,6 +55,9 @@ class OpenAiGeneration {
 
   void HandleEvent(size_t prompt, const GenerationEvent& ev, std::vector<ChoicePiece>* pieces);
   void AppendChunk(const std::vector<ChoicePiece>& pieces, std::string* sse) const;
+  // The prompt's scores in a choice object: echo + logprobs (completions) and/or vLLM's
+  // prompt_logprobs.
+  void AddPromptScores(const ChoicePiece& piece, nlohmann::json* choice) const;
   std::string Frame(const nlohmann::json& j) const;
 
   const ServerContext& ctx_;

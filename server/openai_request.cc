@@ -191,6 +191,9 @@ MaybeError ParseCommon(const json& body, const ServerContext& ctx, GenerationSpe
   }
   if (auto e = GetBool(body, "skip_special_tokens", &spec->skip_special_tokens)) return e;
   if (auto e = GetIntField(body, "priority", -1000000, 1000000, &spec->priority)) return e;
+  if (auto e = GetIntField(body, "prompt_logprobs", 0, kMaxTopLogprobs, &spec->prompt_logprobs)) {
+    return e;
+  }
   if (auto e = GetBool(body, "stream", &spec->stream)) return e;
   if (const json* v = Field(body, "stream_options")) {
     if (!v->is_object()) return BadRequest("'stream_options' must be an object", "stream_options");

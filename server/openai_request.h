@@ -4,6 +4,7 @@
 // Every problem is an ApiError naming the offending field. Pure functions; thread-safe.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -47,6 +48,15 @@ struct GenerationSpec {
   bool include_stop_str_in_output = false;
   bool skip_special_tokens = true;
   int top_logprobs = -1;  // -1: no logprobs; else 0..20 alternatives
+  // vLLM's `prompt_logprobs` (both APIs): -1 absent, else 0..20; adds choices[].prompt_logprobs.
+  int prompt_logprobs = -1;
+
+  // Completions echo + logprobs (OpenAI): the logprobs arrays start with the prompt's tokens.
+  bool echo_logprobs() const { return echo && top_logprobs >= 0; }
+  // What the engine scores the prompt with: enough alternatives for both uses (-1: none).
+  int EnginePromptLogprobs() const {
+    return std::max(echo_logprobs() ? top_logprobs : -1, prompt_logprobs);
+  }
 };
 
 // Parses and validates a request body. On failure returns the error (400 with param named).

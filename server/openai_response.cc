@@ -121,4 +121,54 @@ json ChatChoiceJson(const Tokenizer& tok, const ChoicePiece& p, bool logprobs, b
               {"finish_reason", FinishReasonJson(p.finish)}};
 }
 
+void PrependEchoLogprobs(const Tokenizer& tok, const ChoicePiece& p, int top_n, json* choice) {
+  if (p.prompt_first_token < 0) return;
+  json& lp = (*choice)["logprobs"];
+  if (!lp.is_object()) return;
+  json tokens = json::array(), token_lps = json::array(), tops = json::array(),
+       offsets = json::array();
+  size_t offset = 0;
+  auto add = [&](int32_t id, json logprob, json top) {
+    tokens.push_back(TokenDisplay(tok, id));
+    token_lps.push_back(std::move(logprob));
+    tops.push_back(std::move(top));
+    offsets.push_back(offset);
+    offset += tok.TokenBytes(id).size();
+  };
+  add(p.prompt_first_token, nullptr, nullptr);
+  for (const TokenLogprob& t : p.prompt_logprobs) {
+    json top = json::object();
+    for (size_t k = 0; k < t.top.size() && static_cast<int>(k) < top_n; ++k)
+      top.emplace(TokenDisplay(tok, t.top[k].first), t.top[k].second);
+    add(t.token, t.logprob, std::move(top));
+  }
+  auto prepend = [&lp](const char* key, json head) {
+    for (json& v : lp[key]) head.push_back(std::move(v));
+    lp[key] = std::move(head);
+  };
+  prepend("tokens", std::move(tokens));
+  prepend("token_logprobs", std::move(token_lps));
+  prepend("top_logprobs", std::move(tops));
+  prepend("text_offset", std::move(offsets));
+}
+
+void AddVllmPromptLogprobs(const Tokenizer& tok, const ChoicePiece& p, int top_n, json* choice) {
+  if (p.prompt_first_token < 0) return;
+  json list = json::array({nullptr});
+  for (const TokenLogprob& t : p.prompt_logprobs) {
+    json entry = json::object();
+    entry[std::to_string(t.token)] = json{
+        {"logprob", t.logprob}, {"rank", t.rank}, {"decoded_token", TokenDisplay(tok, t.token)}};
+    for (size_t k = 0; k < t.top.size() && static_cast<int>(k) < top_n; ++k) {
+      const auto& [id, v] = t.top[k];
+      if (id == t.token) continue;  // already there, with its own rank
+      entry[std::to_string(id)] = json{{"logprob", v},
+                                       {"rank", static_cast<int>(k) + 1},
+                                       {"decoded_token", TokenDisplay(tok, id)}};
+    }
+    list.push_back(std::move(entry));
+  }
+  (*choice)["prompt_logprobs"] = std::move(list);
+}
+
 }  // namespace bms

@@ -25,6 +25,10 @@ struct ChoicePiece {
   size_t text_offset = 0;              // completions: text offset of the first token
   FinishReason finish = FinishReason::kNone;
   bool role = false;  // chat stream: this chunk carries delta.role
+  // Prompt scores, in the piece that carries a choice's first token (or the whole response):
+  // the prompt's first token (-1: no prompt part here) and the scores of prompt tokens 1.. .
+  int32_t prompt_first_token = -1;
+  std::vector<TokenLogprob> prompt_logprobs;
 };
 
 nlohmann::json ErrorJson(const ApiError& error);
@@ -37,6 +41,18 @@ nlohmann::json FinishReasonJson(FinishReason r);
 nlohmann::json CompletionChoiceJson(const Tokenizer& tok, const ChoicePiece& piece, bool logprobs);
 nlohmann::json ChatChoiceJson(const Tokenizer& tok, const ChoicePiece& piece, bool logprobs,
                               bool delta);
+
+// Completions echo + logprobs (OpenAI): puts the prompt's tokens ahead of choice["logprobs"]'s
+// arrays (the first prompt token with null logprob and top_logprobs; top lists cut to `top_n`;
+// text offsets from 0, so the generated tokens' offsets follow the echoed prompt). No-op when
+// the piece has no prompt part.
+void PrependEchoLogprobs(const Tokenizer& tok, const ChoicePiece& piece, int top_n,
+                         nlohmann::json* choice);
+// vLLM's prompt_logprobs: choice["prompt_logprobs"] = [null, then per scored prompt token
+// {"<token id>": {"logprob", "rank", "decoded_token"}} for the token itself and its `top_n` most
+// likely alternatives]. No-op when the piece has no prompt part.
+void AddVllmPromptLogprobs(const Tokenizer& tok, const ChoicePiece& piece, int top_n,
+                           nlohmann::json* choice);
 
 // The token's display string: its text when valid UTF-8, else "bytes:\xNN..." escapes.
 std::string TokenDisplay(const Tokenizer& tok, int32_t id);

@@ -1,13 +1,14 @@
-"""Shared by the Python end-to-end tests: `bmserve serve --demo` on 127.0.0.1 (CPU, one thread,
-ephemeral ports), the HTTP port read from its start-up log."""
+"""Shared by the Python end-to-end tests: `bmserve serve --demo` (or --model DIR) on 127.0.0.1
+(CPU, one thread, ephemeral ports), the HTTP port read from its start-up log."""
 import re
 import subprocess
 import threading
 
 
 class DemoServer:
-    def __init__(self, bmserve, *extra):
-        args = [bmserve, 'serve', '--demo', '--host', '127.0.0.1', '--http-port', '0',
+    def __init__(self, bmserve, *extra, model=None):
+        source = ['--model', model] if model else ['--demo']
+        args = [bmserve, 'serve', *source, '--host', '127.0.0.1', '--http-port', '0',
                 '--grpc-port', '0', '--cpu-threads', '1', *extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.port = 0
