@@ -10,9 +10,14 @@ namespace {
 
 namespace pb = ::bmserve::v1;
 
+// The most alternatives prompt_logprobs may ask for (the engine's bound too).
+constexpr int kMaxPromptLogprobs = 20;
+
 grpc::Status Invalid(std::string message) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::move(message));
 }
+
+}  // namespace
 
 void FillLogprobs(const Tokenizer& tokenizer, const std::vector<TokenLogprob>& in,
                   google::protobuf::RepeatedPtrField<pb::TokenLogprob>* out) {
@@ -20,6 +25,7 @@ void FillLogprobs(const Tokenizer& tokenizer, const std::vector<TokenLogprob>& i
     pb::TokenLogprob* p = out->Add();
     p->set_token_id(lp.token);
     p->set_logprob(lp.logprob);
+    p->set_rank(lp.rank);  // 0 (not computed) for generated tokens
     for (const auto& [id, logprob] : lp.top) {
       pb::TopLogprob* t = p->add_top();
       t->set_token_id(id);
@@ -30,8 +36,6 @@ void FillLogprobs(const Tokenizer& tokenizer, const std::vector<TokenLogprob>& i
     }
   }
 }
-
-}  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
@@ -125,13 +129,22 @@ grpc::Status ToEngineRequest(const pb::GenerateRequest& in, const ServerContext&
   for (const std::string& stop : s.stop()) {
     if (static_cast<int64_t>(stop.size()) > lim.max_stop_string_bytes) {
       return Invalid(absl::StrCat("'sampling.stop' strings may be at most ",
-                                  lim.max_stop_string_bytes, " bytes long (--max-stop-string-bytes)"));
+                                  lim.max_stop_string_bytes,
+                                  " bytes long (--max-stop-string-bytes)"));
     }
     if (!stop.empty()) co.stop.push_back(stop);
   }
   co.include_stop_str_in_output = s.include_stop_str_in_output();
   co.skip_special_tokens = s.has_skip_special_tokens() ? s.skip_special_tokens() : true;
   co.logprobs = sp.logprobs >= 0;
+
+  // Checked here in full (the engine's message would offer -1, which is "unset" in this API).
+  r.prompt_logprobs = in.has_prompt_logprobs() ? in.prompt_logprobs() : -1;
+  if (in.has_prompt_logprobs() &&
+      (in.prompt_logprobs() < 0 || in.prompt_logprobs() > kMaxPromptLogprobs)) {
+    return Invalid(absl::StrCat("'prompt_logprobs' must be in [0, ", kMaxPromptLogprobs,
+                                "] (leave it unset for none), got ", in.prompt_logprobs()));
+  }
 
   r.n = in.has_n() ? in.n() : 1;
   r.priority = in.priority();
@@ -159,6 +172,15 @@ void FillComplete(const Tokenizer& tokenizer, const ChoiceDelta& delta, pb::Comp
   usage->set_total_tokens(delta.prompt_tokens + delta.completion_tokens);
   out->set_stop_string(delta.stop_string);
   out->set_stop_token_id(delta.stop_token);
+}
+
+void FillPromptLogprobs(const Tokenizer& tokenizer, const std::vector<TokenLogprob>& scores,
+                        pb::GenerateResponse* out) {
+  if (out->has_chunk()) {
+    FillLogprobs(tokenizer, scores, out->mutable_chunk()->mutable_prompt_logprobs());
+  } else if (out->has_complete()) {
+    FillLogprobs(tokenizer, scores, out->mutable_complete()->mutable_prompt_logprobs());
+  }
 }
 
 }  // namespace bms

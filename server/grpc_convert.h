@@ -1,7 +1,8 @@
 // gRPC <-> engine translation for the bmserve.v1 API: validates a GenerateRequest's frontend
-// fields (input, stop strings) and builds the engine request (sampling parameters themselves are
-// validated by Engine::Submit), maps absl::Status to grpc::Status, and fills response messages
-// from ChoiceDeltas. Pure functions; thread-safe.
+// fields (input, stop strings, the prompt_logprobs range) and builds the engine request (sampling
+// parameters themselves are validated by Engine::Submit), maps absl::Status to grpc::Status, and
+// fills response messages from ChoiceDeltas (and a choice's prompt scores). Pure functions;
+// thread-safe.
 #pragma once
 
 #include <string>
@@ -31,10 +32,18 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 
 bmserve::v1::FinishReason ToProtoFinishReason(FinishReason r);
 
+// Appends `in` to `out`, each alternative with its token text (lossily decoded to UTF-8).
+void FillLogprobs(const Tokenizer& tokenizer, const std::vector<TokenLogprob>& in,
+                  google::protobuf::RepeatedPtrField<bmserve::v1::TokenLogprob>* out);
+
 // Fills `out` (a chunk: tokens, text, logprobs) from `delta`.
 void FillChunk(const Tokenizer& tokenizer, const ChoiceDelta& delta, bmserve::v1::Chunk* out);
 // Fills `out` from a finished `delta` (its remaining output, finish reason and usage).
 void FillComplete(const Tokenizer& tokenizer, const ChoiceDelta& delta, bmserve::v1::Complete* out);
+// Sets the prompt_logprobs of the Chunk or Complete in `out` (a choice's first message) from
+// `scores` (GenerationEvent::prompt_logprobs). No-op for an Error message.
+void FillPromptLogprobs(const Tokenizer& tokenizer, const std::vector<TokenLogprob>& scores,
+                        bmserve::v1::GenerateResponse* out);
 
 // Checks every id is in [0, vocab_size); the error names `field`[i].
 grpc::Status CheckTokenIds(const google::protobuf::RepeatedField<int32_t>& ids, int vocab_size,

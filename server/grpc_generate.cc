@@ -174,11 +174,20 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     return d.finish != FinishReason::kNone || (stream_ && d.HasOutput());
   }
 
-  // Turns the pending delta of one choice into out_. Returns true when the choice has nothing
-  // left to send afterwards.
+  // Turns the pending delta of one choice into out_ (the choice's prompt scores go into its
+  // first message). Returns true when the choice has nothing left to send afterwards.
   bool BuildMessage(ChoiceDelta& d) {
     out_.Clear();
     out_.set_request_id(request_id_);
+    const bool built = BuildMessageBody(d);
+    if (auto it = prompt_scores_.find(d.index); it != prompt_scores_.end()) {
+      FillPromptLogprobs(tokenizer_, it->second, &out_);
+      prompt_scores_.erase(it);
+    }
+    return built;
+  }
+
+  bool BuildMessageBody(ChoiceDelta& d) {
     if (d.finish == FinishReason::kError) {
       if (d.HasOutput()) {  // what it produced before failing, then the error
         FillChunk(tokenizer_, d, out_.mutable_chunk());
@@ -219,6 +228,9 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       return;
     }
     for (GenerationEvent& ev : channel_->DrainAll()) {
+      // Only a choice's first token event carries them, so no message of that choice was sent
+      // yet: they wait here for its first message (which may coalesce later events too).
+      if (!ev.prompt_logprobs.empty()) prompt_scores_[ev.choice] = std::move(ev.prompt_logprobs);
       ChoiceDelta d = choices_->Consume(ev);
       if (d.index < 0) {  // engine bug: fail the whole call
         final_status_ = ErrorStatus(d);
@@ -289,6 +301,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   bool finishing_ = false;
   bool cancelled_ = false;
   std::map<int, ChoiceDelta> pending_;  // choice -> output not yet written (coalesced)
+  // choice -> GenerationEvent::prompt_logprobs not yet sent (they go into its first message)
+  std::map<int, std::vector<TokenLogprob>> prompt_scores_;
   int next_choice_ = 0;
   grpc::Status final_status_;
   pb::GenerateResponse out_;  // the message being written (alive until OnWriteDone)

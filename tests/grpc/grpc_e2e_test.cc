@@ -1,7 +1,8 @@
 // End-to-end tests of the bmserve.v1 gRPC API against a real `bmserve serve --demo` process:
 // streaming and unary Generate, n = 2, seed determinism (gRPC == HTTP for the same request),
 // cancellation and deadlines freeing the slot, Abort by id, bad input with named fields, the
-// message size limit, and health on drain (SIGTERM). BMSERVE_BIN names the binary.
+// message size limit, prompt_logprobs in each choice's first message, and health on drain
+// (SIGTERM). BMSERVE_BIN names the binary.
 #include <signal.h>
 
 #include <chrono>
@@ -360,6 +361,8 @@ TEST_F(GrpcE2eTest, BadInputNamesTheField) {
       {"logprobs", [](pb::GenerateRequest* r) { r->mutable_sampling()->set_logprobs(99); },
        "logprobs"},
       {"min_p", [](pb::GenerateRequest* r) { r->mutable_sampling()->set_min_p(3); }, "min_p"},
+      {"prompt_logprobs", [](pb::GenerateRequest* r) { r->set_prompt_logprobs(21); },
+       "prompt_logprobs"},
   };
   for (const Case& c : cases) {
     pb::GenerateRequest req = BasicRequest(true, 1, 4, 1);
@@ -375,6 +378,111 @@ TEST_F(GrpcE2eTest, BadInputNamesTheField) {
   huge.set_text(std::string(5 << 20, 'a'));
   EXPECT_EQ(Generate(huge).status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_TRUE(WaitIdle());
+}
+
+// prompt_logprobs = 2, n = 2, greedy: each choice's first message scores prompt tokens 1.. (ids
+// from the Tokenize RPC) with 2 alternatives; later messages carry none; stream = true and
+// stream = false agree. (The values themselves are checked against the backend in
+// tests/engine/cpu_engine_test.cc.)
+TEST_F(GrpcE2eTest, PromptLogprobsInEachChoicesFirstMessage) {
+  const std::string prompt = "The quick brown fox";
+  grpc::ClientContext tctx;
+  pb::TokenizeRequest treq;
+  treq.set_text(prompt);
+  pb::TokenizeResponse tresp;
+  ASSERT_TRUE(stub_->Tokenize(&tctx, treq, &tresp).ok());
+  ASSERT_GE(tresp.token_ids_size(), 2);
+
+  // Per mode, per choice: the prompt scores of its first message, and its generated tokens.
+  std::map<int, pb::Complete> scores[2];
+  std::map<int, std::vector<int32_t>> tokens[2];
+  for (int stream = 0; stream < 2; ++stream) {
+    pb::GenerateRequest req = BasicRequest(stream == 1, 2, 32, 11);
+    req.set_text(prompt);
+    req.mutable_sampling()->set_temperature(0);
+    req.set_prompt_logprobs(2);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    auto reader = stub_->Generate(&ctx, req);
+    pb::GenerateResponse r;
+    std::map<int, int> messages;
+    CallOut out;
+    while (reader->Read(&r)) {
+      Absorb(r, &out);
+      ASSERT_TRUE(r.has_chunk() || r.has_complete());
+      const int index = r.has_chunk() ? r.chunk().index() : r.complete().index();
+      const auto& got =
+          r.has_chunk() ? r.chunk().prompt_logprobs() : r.complete().prompt_logprobs();
+      if (messages[index]++ == 0) {
+        *scores[stream][index].mutable_prompt_logprobs() = got;
+      } else {
+        EXPECT_EQ(got.size(), 0) << "stream " << stream << " choice " << index;
+      }
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+    ASSERT_EQ(out.choices.size(), 2u);
+    for (auto& [i, c] : out.choices) tokens[stream][i] = c.tokens;
+    // (Streamed choices usually send several messages; all of a choice's events may coalesce
+    // into one Complete on a slow machine, so that is not asserted: grpc_frontend_test is.)
+    if (stream == 0) {
+      for (auto& [i, m] : messages) EXPECT_EQ(m, 1) << "choice " << i;
+    }
+  }
+
+  for (int stream = 0; stream < 2; ++stream) {
+    ASSERT_EQ(scores[stream].size(), 2u);
+    for (auto& [choice, m] : scores[stream]) {
+      const auto& lps = m.prompt_logprobs();
+      ASSERT_EQ(lps.size(), tresp.token_ids_size() - 1) << "stream " << stream;
+      for (int i = 0; i < lps.size(); ++i) {
+        const pb::TokenLogprob& lp = lps[i];
+        SCOPED_TRACE(::testing::Message()
+                     << "stream " << stream << " choice " << choice << " i " << i);
+        EXPECT_EQ(lp.token_id(), tresp.token_ids(i + 1));
+        EXPECT_LE(lp.logprob(), 0.f);
+        ASSERT_EQ(lp.top_size(), 2);
+        EXPECT_GE(lp.top(0).logprob(), lp.top(1).logprob());
+        EXPECT_GE(lp.top(0).logprob(), lp.logprob() - 1e-5);
+        EXPECT_LE(lp.top(0).logprob(), 0.f);
+        // rank = 1 + tokens strictly more likely: the prompt token at top position k has
+        // rank <= k + 1, and rank 1 means nothing beats it.
+        EXPECT_GE(lp.rank(), 1);
+        for (int k = 0; k < 2; ++k) {
+          if (lp.top(k).token_id() == lp.token_id()) {
+            EXPECT_NEAR(lp.top(k).logprob(), lp.logprob(), 1e-5);
+            EXPECT_LE(lp.rank(), k + 1);
+          }
+        }
+        if (lp.rank() == 1) EXPECT_NEAR(lp.top(0).logprob(), lp.logprob(), 1e-5);
+      }
+    }
+  }
+  // The alternatives' text is the token's text.
+  const pb::TopLogprob& top = scores[1][0].prompt_logprobs(0).top(0);
+  grpc::ClientContext dctx;
+  pb::DetokenizeRequest dreq;
+  dreq.add_token_ids(top.token_id());
+  pb::DetokenizeResponse dresp;
+  ASSERT_TRUE(stub_->Detokenize(&dctx, dreq, &dresp).ok());
+  EXPECT_EQ(top.token(), dresp.text());
+
+  // Greedy: both choices and both modes alike.
+  EXPECT_EQ(tokens[0], tokens[1]);
+  EXPECT_EQ(tokens[1][0], tokens[1][1]);
+  for (int choice = 0; choice < 2; ++choice) {
+    const auto& a = scores[0][choice].prompt_logprobs();
+    const auto& b = scores[1][choice].prompt_logprobs();
+    ASSERT_EQ(a.size(), b.size());
+    for (int i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i].token_id(), b[i].token_id());
+      EXPECT_NEAR(a[i].logprob(), b[i].logprob(), 1e-5) << i;
+      EXPECT_EQ(a[i].rank(), b[i].rank()) << i;
+      for (int k = 0; k < 2; ++k) {
+        EXPECT_EQ(a[i].top(k).token_id(), b[i].top(k).token_id()) << i << "," << k;
+        EXPECT_NEAR(a[i].top(k).logprob(), b[i].top(k).logprob(), 1e-5) << i << "," << k;
+      }
+    }
+  }
 }
 
 TEST_F(GrpcE2eTest, ModelInfoAndHealth) {

@@ -1,9 +1,11 @@
 // In-process tests of the gRPC frontend (server/grpc_*) against a scripted fake Engine:
 // health follows readiness and draining (Check and Watch), events that pile up before a write
 // are coalesced into one message, a stop string ends its choice and abandons the engine
-// request, engine errors and Submit statuses map to gRPC codes.
+// request, engine errors and Submit statuses map to gRPC codes, prompt_logprobs is range-checked
+// and the engine's prompt scores reach each choice's first message only.
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,6 +15,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "server/grpc_convert.h"
 #include "server/grpc_server.h"
 #include "server/server_context.h"
 #include "tokenizer/tokenizer.h"
@@ -246,6 +249,140 @@ TEST_F(GrpcFrontendTest, EngineErrorsMapToStatusCodes) {
   areq.set_request_id("unknown");
   pb::AbortResponse aresp;
   EXPECT_EQ(stub_->Abort(&actx, areq, &aresp).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(GrpcFrontendTest, PromptLogprobsRangeIsChecked) {
+  pb::GenerateRequest req = TextRequest(false);
+  GrpcGenerateSpec unset;
+  ASSERT_TRUE(ToEngineRequest(req, ctx_, &unset).ok());
+  EXPECT_EQ(unset.request.prompt_logprobs, -1);
+  for (int n = 0; n <= 20; ++n) {
+    req.set_prompt_logprobs(n);
+    GrpcGenerateSpec spec;
+    grpc::Status s = ToEngineRequest(req, ctx_, &spec);
+    ASSERT_TRUE(s.ok()) << n << ": " << s.error_message();
+    EXPECT_EQ(spec.request.prompt_logprobs, n);
+  }
+  for (int bad : {21, -1, -2, 1000}) {
+    req.set_prompt_logprobs(bad);
+    GrpcGenerateSpec spec;
+    grpc::Status s = ToEngineRequest(req, ctx_, &spec);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad;
+    EXPECT_NE(s.error_message().find("'prompt_logprobs'"), std::string::npos)
+        << bad << ": " << s.error_message();
+  }
+}
+
+// The scores the engine would send for the prompt "xyz" (byte-fallback ids = bytes): entries
+// for 'y' and 'z', each with its rank and 2 alternatives.
+std::vector<TokenLogprob> PromptScores() {
+  return {{'y', -1.5f, {{'q', -0.5f}, {'y', -1.5f}}, 2},
+          {'z', -0.25f, {{'z', -0.25f}, {'w', -3.f}}, 1}};
+}
+
+void PushFirstToken(EventChannel& ch, int choice, char c) {
+  GenerationEvent ev;
+  ev.choice = choice;
+  ev.token_ids = {c};
+  ev.prompt_tokens = 3;
+  ev.prompt_logprobs = PromptScores();
+  ch.Push(ev);
+}
+
+// Checks `got` holds PromptScores(), alternatives' text included.
+void ExpectPromptScores(const google::protobuf::RepeatedPtrField<pb::TokenLogprob>& got) {
+  ASSERT_EQ(got.size(), 2);
+  EXPECT_EQ(got[0].token_id(), 'y');
+  EXPECT_EQ(got[0].logprob(), -1.5f);
+  EXPECT_EQ(got[0].rank(), 2);
+  ASSERT_EQ(got[0].top_size(), 2);
+  EXPECT_EQ(got[0].top(0).token_id(), 'q');
+  EXPECT_EQ(got[0].top(0).logprob(), -0.5f);
+  EXPECT_EQ(got[0].top(0).token(), "q");
+  EXPECT_EQ(got[0].top(1).token_id(), 'y');
+  EXPECT_EQ(got[0].top(1).token(), "y");
+  EXPECT_EQ(got[1].token_id(), 'z');
+  EXPECT_EQ(got[1].logprob(), -0.25f);
+  EXPECT_EQ(got[1].rank(), 1);
+  ASSERT_EQ(got[1].top_size(), 2);
+  EXPECT_EQ(got[1].top(0).token(), "z");
+  EXPECT_EQ(got[1].top(1).token_id(), 'w');
+  EXPECT_EQ(got[1].top(1).logprob(), -3.f);
+  EXPECT_EQ(got[1].top(1).token(), "w");
+}
+
+TEST_F(GrpcFrontendTest, PromptLogprobsOnlyInEachChoicesFirstMessage) {
+  engine_.ready = true;
+  std::shared_ptr<EventChannel> channel;
+  engine_.submit = [&](GenerateRequest r) -> absl::StatusOr<std::shared_ptr<EventChannel>> {
+    EXPECT_EQ(r.prompt_logprobs, 2);
+    channel = std::make_shared<EventChannel>();
+    PushFirstToken(*channel, 0, 'a');
+    PushFirstToken(*channel, 1, 'b');
+    return channel;
+  };
+  pb::GenerateRequest req = TextRequest(true);
+  req.set_text("xyz");
+  req.set_n(2);
+  req.set_prompt_logprobs(2);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto reader = stub_->Generate(&ctx, req);
+  // The first message of each choice: a Chunk with its first token and the prompt scores.
+  std::map<int, pb::Chunk> first;
+  pb::GenerateResponse r;
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(reader->Read(&r));
+    ASSERT_TRUE(r.has_chunk());
+    first[r.chunk().index()] = r.chunk();
+  }
+  ASSERT_EQ(first.size(), 2u);
+  EXPECT_EQ(first[0].text(), "a");
+  EXPECT_EQ(first[1].text(), "b");
+  for (auto& [i, chunk] : first) ExpectPromptScores(chunk.prompt_logprobs());
+  // Later messages carry none.
+  PushText(*channel, 0, "cd");
+  PushText(*channel, 1, "ef");
+  PushFinish(*channel, 0, FinishReason::kLength);
+  PushFinish(*channel, 1, FinishReason::kLength);
+  std::map<int, std::string> rest;
+  int completes = 0;
+  while (reader->Read(&r)) {
+    if (r.has_chunk()) {
+      EXPECT_EQ(r.chunk().prompt_logprobs_size(), 0);
+      rest[r.chunk().index()] += r.chunk().text();
+    } else {
+      ASSERT_TRUE(r.has_complete());
+      EXPECT_EQ(r.complete().prompt_logprobs_size(), 0);
+      rest[r.complete().index()] += r.complete().text();
+      ++completes;
+    }
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(completes, 2);
+  EXPECT_EQ(rest[0], "cd");
+  EXPECT_EQ(rest[1], "ef");
+
+  // stream = false: each choice's one Complete carries them.
+  engine_.submit = [&](GenerateRequest r) -> absl::StatusOr<std::shared_ptr<EventChannel>> {
+    EXPECT_EQ(r.prompt_logprobs, 2);
+    auto ch = std::make_shared<EventChannel>();
+    for (int c = 0; c < 2; ++c) {
+      PushFirstToken(*ch, c, 'a');
+      PushText(*ch, c, "bc");
+      PushFinish(*ch, c, FinishReason::kLength);
+    }
+    return ch;
+  };
+  req.set_stream(false);
+  std::vector<pb::GenerateResponse> out;
+  ASSERT_TRUE(Generate(req, &out).ok());
+  ASSERT_EQ(out.size(), 2u);
+  for (const pb::GenerateResponse& m : out) {
+    ASSERT_TRUE(m.has_complete());
+    EXPECT_EQ(m.complete().text(), "abc");
+    ExpectPromptScores(m.complete().prompt_logprobs());
+  }
 }
 
 }  // namespace
