@@ -326,8 +326,7 @@ absl::Status CudaBackendImpl::MambaForward(const MambaLayer& l, int T, int S) {
                                    .out = ws_.y};
   const bool fused = T == S && cuda::MambaDecodeFusedEnabled() && cuda::MambaDecodeSupported(md);
   const bool fused_scan = fused && T <= cuda::MambaDecodeFusedScanMaxBatch();
-  if (fused && T >= cuda::MambaDecodePartialMinBatch() &&
-      T <= cuda::MambaDecodePartialMaxBatch()) {
+  if (fused && T >= cuda::MambaDecodePartialMinBatch() && T <= cuda::MambaDecodePartialMaxBatch()) {
     cuda::MambaDecodeParams mp = md;
     mp.partials = ws_.mamba_partials;
     BMS_RETURN_IF_ERROR(cuda::MambaDecodeConvXProj(mp, stream_));

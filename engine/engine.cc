@@ -219,6 +219,14 @@ absl::Status EngineImpl::ValidateRequest(const GenerateRequest& r) const {
   if (r.n < 1 || r.n > max_n) {
     return absl::InvalidArgumentError(absl::StrCat("n must be in [1, ", max_n, "]"));
   }
+  if (r.sampling.max_tokens == 0 && r.prompt_logprobs >= 0) {
+    // Score the prompt only: nothing is sampled, each choice ends (length) after the prefill.
+    if (r.sampling.min_tokens != 0)
+      return absl::InvalidArgumentError("min_tokens must be 0 when max_tokens is 0");
+    SamplingParams scored = r.sampling;
+    scored.max_tokens = 1;
+    return ValidateSamplingParams(scored, vocab, options_.max_tokens_limit);
+  }
   return ValidateSamplingParams(r.sampling, vocab, options_.max_tokens_limit);
 }
 

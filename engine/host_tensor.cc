@@ -8,9 +8,12 @@ namespace bms {
 
 const char* DTypeName(DType t) {
   switch (t) {
-    case DType::kF32: return "F32";
-    case DType::kBF16: return "BF16";
-    case DType::kF16: return "F16";
+    case DType::kF32:
+      return "F32";
+    case DType::kBF16:
+      return "BF16";
+    case DType::kF16:
+      return "F16";
   }
   return "?";
 }
@@ -61,9 +64,10 @@ uint16_t F32ToF16(float f) {
   std::memcpy(&x, &f, 4);
   uint32_t sign = (x >> 16) & 0x8000;
   uint32_t absx = x & 0x7FFFFFFF;
-  if (absx >= 0x7F800000) return static_cast<uint16_t>(sign | 0x7C00 | (absx > 0x7F800000 ? 0x200 : 0));
+  if (absx >= 0x7F800000)
+    return static_cast<uint16_t>(sign | 0x7C00 | (absx > 0x7F800000 ? 0x200 : 0));
   if (absx >= 0x477FF000) return static_cast<uint16_t>(sign | 0x7C00);  // overflow -> inf
-  if (absx < 0x38800000) {  // subnormal or zero in f16
+  if (absx < 0x38800000) {                                              // subnormal or zero in f16
     if (absx < 0x33000000) return static_cast<uint16_t>(sign);
     uint32_t e = absx >> 23;
     uint32_t m = (absx & 0x7FFFFF) | 0x800000;
@@ -84,9 +88,12 @@ std::string HostTensor::ShapeString() const { return "[" + absl::StrJoin(shape, 
 
 float HostTensor::At(int64_t i) const {
   switch (dtype) {
-    case DType::kF32: return static_cast<const float*>(data)[i];
-    case DType::kBF16: return BF16ToF32(static_cast<const uint16_t*>(data)[i]);
-    case DType::kF16: return F16ToF32(static_cast<const uint16_t*>(data)[i]);
+    case DType::kF32:
+      return static_cast<const float*>(data)[i];
+    case DType::kBF16:
+      return BF16ToF32(static_cast<const uint16_t*>(data)[i]);
+    case DType::kF16:
+      return F16ToF32(static_cast<const uint16_t*>(data)[i]);
   }
   return 0.f;
 }

@@ -25,8 +25,8 @@ uint16_t F32ToF16(float v);
 struct HostTensor {
   DType dtype = DType::kF32;
   std::vector<int64_t> shape;
-  const void* data = nullptr;           // numel() elements of dtype, little-endian, contiguous
-  std::shared_ptr<const void> owner;    // keeps `data` alive (mmap region or buffer)
+  const void* data = nullptr;         // numel() elements of dtype, little-endian, contiguous
+  std::shared_ptr<const void> owner;  // keeps `data` alive (mmap region or buffer)
 
   int64_t numel() const {
     int64_t n = 1;

@@ -94,7 +94,8 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const json& j) {
     } else if (a == "silu") {
       c.mlp_activation = MlpActivation::kSilu;
     } else {
-      return Invalid("mlp_activation", absl::StrCat("must be \"gelu\" or \"silu\", got \"", a, "\""));
+      return Invalid("mlp_activation",
+                     absl::StrCat("must be \"gelu\" or \"silu\", got \"", a, "\""));
     }
   }
   auto layers = j.find("mamba_moe_layers");
@@ -148,7 +149,7 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const json& j) {
 json ModelConfig::ToJson() const {
   json layer_codes = json::array();
   for (LayerKind k : layers) {
-    layer_codes.push_back(k == LayerKind::kMamba  ? std::string("r")
+    layer_codes.push_back(k == LayerKind::kMamba ? std::string("r")
                           : k == LayerKind::kMoe ? std::to_string(n_experts)
                                                  : std::string("1"));
   }
@@ -176,7 +177,8 @@ absl::StatusOr<ModelConfig> ModelConfig::Preset(const std::string& name) {
     c.d_model = d;
     c.ffn_hidden_size = f;
     c.vocab_size = vocab;
-    for (int i = 0; i < layers; ++i) c.layers.push_back(i % 2 ? LayerKind::kMoe : LayerKind::kMamba);
+    for (int i = 0; i < layers; ++i)
+      c.layers.push_back(i % 2 ? LayerKind::kMoe : LayerKind::kMamba);
     return c;
   };
   if (name == "tiny") {
@@ -193,8 +195,8 @@ absl::StatusOr<ModelConfig> ModelConfig::Preset(const std::string& name) {
 
 long long ModelConfig::TotalParams() const {
   long long d = d_model, di = d_inner(), n = d_state, r = dt_rank();
-  long long mamba = 2 * di * d + di * d_conv + di + (r + 2 * n) * di + di * r + di + di * n + di +
-                    d * di + d;
+  long long mamba =
+      2 * di * d + di * d_conv + di + (r + 2 * n) * di + di * r + di + di * n + di + d * di + d;
   long long mlp = static_cast<long long>(fc1_rows()) * d + d * ffn_hidden_size;
   long long total = static_cast<long long>(vocab_size) * d + 2 * d;
   for (LayerKind k : layers) {

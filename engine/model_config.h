@@ -15,16 +15,16 @@ enum class MlpActivation { kGelu, kSilu };
 
 struct ModelConfig {
   int num_layers = 0;
-  int d_model = 0;            // hidden_size
-  int d_state = 16;           // state_size
-  int d_conv = 4;             // conv_dimension
+  int d_model = 0;   // hidden_size
+  int d_state = 16;  // state_size
+  int d_conv = 4;    // conv_dimension
   int vocab_size = 0;
   int expansion_factor = 2;
-  int ffn_hidden_size = 0;    // f
-  int n_experts = 8;          // experts per MoE layer (all MoE layers share it)
+  int ffn_hidden_size = 0;  // f
+  int n_experts = 8;        // experts per MoE layer (all MoE layers share it)
   int max_sequence_length = 2048;
   bool add_bias_linear = false;
-  bool swiglu = true;         // gated MLP layout: fc1 emits [2f], out = act(a0) * a1
+  bool swiglu = true;  // gated MLP layout: fc1 emits [2f], out = act(a0) * a1
   MlpActivation mlp_activation = MlpActivation::kGelu;
   float layernorm_epsilon = 1e-5f;
   std::vector<LayerKind> layers;  // [num_layers]

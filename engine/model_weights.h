@@ -25,28 +25,28 @@ struct MlpWeights {
 };
 
 struct MambaWeights {
-  HostTensor in_proj;       // [2*d_inner, d_model]
-  HostTensor conv_weight;   // [d_inner, 1, d_conv]
-  HostTensor conv_bias;     // [d_inner]
-  HostTensor x_proj;        // [dt_rank + 2*d_state, d_inner]
-  HostTensor dt_proj;       // [d_inner, dt_rank]
-  HostTensor dt_proj_bias;  // [d_inner]
-  HostTensor A_log;         // [d_inner, d_state]
-  HostTensor D;             // [d_inner]
-  HostTensor out_proj;      // [d_model, d_inner]
-  HostTensor in_proj_bias;  // [2*d_inner] only with add_bias_linear
-  HostTensor out_proj_bias; // [d_model] only with add_bias_linear
+  HostTensor in_proj;        // [2*d_inner, d_model]
+  HostTensor conv_weight;    // [d_inner, 1, d_conv]
+  HostTensor conv_bias;      // [d_inner]
+  HostTensor x_proj;         // [dt_rank + 2*d_state, d_inner]
+  HostTensor dt_proj;        // [d_inner, dt_rank]
+  HostTensor dt_proj_bias;   // [d_inner]
+  HostTensor A_log;          // [d_inner, d_state]
+  HostTensor D;              // [d_inner]
+  HostTensor out_proj;       // [d_model, d_inner]
+  HostTensor in_proj_bias;   // [2*d_inner] only with add_bias_linear
+  HostTensor out_proj_bias;  // [d_model] only with add_bias_linear
 };
 
 struct MoeWeights {
-  HostTensor router;               // [n_experts, d_model]
-  HostTensor router_bias;          // [n_experts]
-  std::vector<MlpWeights> experts; // [n_experts]
+  HostTensor router;                // [n_experts, d_model]
+  HostTensor router_bias;           // [n_experts]
+  std::vector<MlpWeights> experts;  // [n_experts]
 };
 
 struct LayerWeights {
   LayerKind kind = LayerKind::kMamba;
-  HostTensor norm;  // [d_model]
+  HostTensor norm;     // [d_model]
   MambaWeights mamba;  // kind == kMamba
   MoeWeights moe;      // kind == kMoe
   MlpWeights dense;    // kind == kDenseMlp
@@ -54,7 +54,7 @@ struct LayerWeights {
 
 struct ModelWeights {
   ModelConfig config;
-  HostTensor embedding;        // [vocab_size, d_model] (also the tied output head)
+  HostTensor embedding;  // [vocab_size, d_model] (also the tied output head)
   std::vector<LayerWeights> layers;
   HostTensor final_norm;       // [d_model]
   HostTensor final_norm_bias;  // [d_model]

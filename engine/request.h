@@ -26,7 +26,8 @@ struct SamplingParams {
   float repetition_penalty = 1.0f;  // > 0; 1 = off (vLLM/HF semantics over generated tokens)
   std::vector<std::pair<int32_t, float>> logit_bias;  // token id -> bias added to the logit
   std::optional<uint64_t> seed;                       // same seed + prompt + params => same output
-  int max_tokens = 16;  // >= 1 generated tokens (the engine may clamp to limits)
+  int max_tokens = 16;  // >= 1 generated tokens (the engine may clamp to limits); 0 only
+                        // with prompt_logprobs: score the prompt, sample nothing
   int min_tokens = 0;   // EOS and stop ids are suppressed before this many
   bool ignore_eos = false;
   std::vector<int32_t> stop_token_ids;

@@ -81,7 +81,7 @@ int Scheduler::AddPromptChunk(RequestState* r, int budget, StepPlan* plan) {
   seq.chunk.first_chunk = r->prefilled == 0;
   seq.chunk.logits = scored ? LogitsMode::kAll : last ? LogitsMode::kLast : LogitsMode::kNone;
   plan->num_logits_rows += scored ? n_tokens : last ? 1 : 0;
-  if (last) {
+  if (last && r->request.sampling.max_tokens > 0) {
     for (size_t c = 0; c < r->choices.size(); ++c) {
       if (c > 0) seq.fork_to.push_back(r->choices[c].slot);
       seq.sample_choices.push_back(static_cast<int>(c));
@@ -282,8 +282,18 @@ void Scheduler::Update(const StepPlan& plan, const StepResult& result, Clock::ti
     for (size_t j = 0; j < seq.sample_choices.size(); ++j) {
       AppendToken(r, seq.sample_choices[j], (*sampled)[j], now, &out);
     }
-    // The prompt's last chunk: every choice's first event carries the scores now.
-    if (seq.choice < 0 && !seq.sample_choices.empty()) {
+    if (seq.choice < 0 && r->prefill_done()) {
+      if (r->request.sampling.max_tokens == 0) {  // scoring only: every choice ends here
+        for (ChoiceState& c : r->choices) {
+          if (c.finish != FinishReason::kNone) continue;
+          OutgoingEvent& out_ev = out.events.emplace_back();
+          out_ev.channel = r->channel;
+          out_ev.event = NewEvent(*r, c, now);
+          out_ev.event.prompt_logprobs = r->prompt_logprobs;
+          FinishChoice(r, &c, FinishReason::kLength, -1, absl::OkStatus(), now, &out_ev.event);
+        }
+      }
+      // Every choice's first event carries the scores now.
       std::vector<TokenLogprob>().swap(r->prompt_logprobs);
     }
   }

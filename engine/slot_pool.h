@@ -34,8 +34,9 @@ class SlotPool {
   std::vector<bool> in_use_;
 };
 
-// How many slots to create (bytes_per_slot: StateBytesPerSlot in engine/cpu_backend.h): `max_num_seqs` when > 0, otherwise as many as fit in
-// `state_memory_budget` bytes (at least 1, at most kMaxDefaultSlots).
+// How many slots to create (bytes_per_slot: StateBytesPerSlot in engine/cpu_backend.h):
+// `max_num_seqs` when > 0, otherwise as many as fit in `state_memory_budget` bytes (at least 1, at
+// most kMaxDefaultSlots).
 inline constexpr int kMaxDefaultSlots = 1024;
 int ChooseNumSlots(int max_num_seqs, int64_t state_memory_budget, size_t bytes_per_slot);
 

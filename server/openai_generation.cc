@@ -124,7 +124,9 @@ void OpenAiGeneration::HandleEvent(size_t prompt, const GenerationEvent& ev,
   if (!c.first_event_seen) {
     c.first_event_seen = true;
     // The first token's event carries the prompt's scores (none when it ended before a token).
-    if (spec_.EnginePromptLogprobs() >= 0 && !ev.token_ids.empty()) {
+    // (Or ends it at once when max_tokens is 0: a length finish with no token.)
+    if (spec_.EnginePromptLogprobs() >= 0 &&
+        (!ev.token_ids.empty() || ev.finish == FinishReason::kLength)) {
       c.prompt_scored = true;
       c.prompt_logprobs = ev.prompt_logprobs;
       piece.prompt_first_token = spec_.prompts[prompt].front();

@@ -296,13 +296,20 @@ std::optional<ApiError> ParseCompletionRequest(const json& body, const ServerCon
     return BadRequest("'suffix' is not supported", "suffix");
   }
   spec->sampling.max_tokens = ctx.limits.max_tokens_default;
-  if (auto e = GetIntField(body, "max_tokens", 1, ctx.limits.max_tokens_limit,
+  // 0 scores the prompt without generating (echo + logprobs or prompt_logprobs; checked below).
+  if (auto e = GetIntField(body, "max_tokens", 0, ctx.limits.max_tokens_limit,
                            &spec->sampling.max_tokens)) {
     return e;
   }
   if (auto e = CheckMaxTokens(spec, "max_tokens")) return e;
   if (auto e = GetBool(body, "echo", &spec->echo)) return e;
   if (auto e = GetIntField(body, "logprobs", 0, kMaxTopLogprobs, &spec->top_logprobs)) return e;
+  if (spec->sampling.max_tokens == 0 && spec->EnginePromptLogprobs() < 0) {
+    return BadRequest(
+        "'max_tokens' 0 only scores the prompt: it needs 'echo' with 'logprobs', or "
+        "'prompt_logprobs'; otherwise it must be >= 1",
+        "max_tokens");
+  }
 
   const json* p = Field(body, "prompt");
   if (p == nullptr) return BadRequest("'prompt' is required", "prompt");

@@ -211,5 +211,49 @@ TEST(CpuEngine, PromptLogprobsOutOfRangeIsRejected) {
   EXPECT_NE(ch.status().message().find("prompt_logprobs"), std::string_view::npos);
 }
 
+// max_tokens 0 with prompt_logprobs scores the prompt and samples nothing: every choice ends
+// (length, no tokens) with the same scores a generating request gets.
+TEST(CpuEngine, ScoreOnlyRequestGivesTheSameScoresAndNoTokens) {
+  ModelWeights w = TinyWeights();
+  const std::vector<int32_t> prompt = {9, 8, 7, 100, 200, 300, 5, 6, 44};
+  auto engine = TinyEngine(w, 4, 4);
+  GenerateRequest gen = bms::testing::Greedy(prompt, 2);
+  gen.prompt_logprobs = 1;
+  GenerateRequest score = gen;
+  score.sampling.max_tokens = 0;
+  score.n = 2;
+  auto gen_ch = engine->Submit(std::move(gen));
+  auto score_ch = engine->Submit(std::move(score));
+  ASSERT_TRUE(gen_ch.ok() && score_ch.ok());
+  auto want = Collect(**gen_ch, 1);
+  auto got = Collect(**score_ch, 2);
+  ASSERT_EQ(want[0].prompt_logprobs.size(), prompt.size() - 1);
+  for (const ChoiceResult& c : got) {
+    EXPECT_EQ(c.finish, FinishReason::kLength);
+    EXPECT_TRUE(c.tokens.empty());
+    EXPECT_EQ(c.prompt_logprob_events, 1);
+    ASSERT_EQ(c.prompt_logprobs.size(), prompt.size() - 1);
+    for (size_t i = 0; i + 1 < prompt.size(); ++i) {
+      EXPECT_EQ(c.prompt_logprobs[i].token, prompt[i + 1]);
+      EXPECT_FLOAT_EQ(c.prompt_logprobs[i].logprob, want[0].prompt_logprobs[i].logprob) << i;
+    }
+  }
+  EXPECT_EQ(engine->Stats().slots_used, 0);
+}
+
+TEST(CpuEngine, MaxTokensZeroNeedsPromptLogprobs) {
+  ModelWeights w = TinyWeights();
+  auto engine = TinyEngine(w, 2, 8);
+  GenerateRequest req = bms::testing::Greedy({1, 2, 3}, 0);
+  auto ch = engine->Submit(req);
+  ASSERT_FALSE(ch.ok());
+  EXPECT_NE(ch.status().message().find("max_tokens"), std::string_view::npos);
+  req.prompt_logprobs = 0;
+  req.sampling.min_tokens = 1;
+  ch = engine->Submit(req);
+  ASSERT_FALSE(ch.ok());
+  EXPECT_NE(ch.status().message().find("min_tokens"), std::string_view::npos);
+}
+
 }  // namespace
 }  // namespace bms

@@ -348,5 +348,32 @@ TEST(Scheduler, ScoredPromptsShareTheRowCapWithDecodes) {
   }
 }
 
+TEST(Scheduler, ScoreOnlyRequestEndsAfterPrefillWithoutSampling) {
+  Scheduler s(
+      {.num_slots = 4, .max_num_batched_tokens = 16, .eos_token_id = 0, .max_logits_rows = 16});
+  auto r = MakeRequest("a", 6, /*max_tokens=*/0, /*n=*/2);
+  r->request.prompt_logprobs = 0;
+  s.Add(std::move(r));
+  auto now = Clock::now();
+  StepPlan p = s.Schedule(now);
+  ASSERT_EQ(p.seqs.size(), 1u);
+  EXPECT_EQ(p.chunks[0].logits, LogitsMode::kAll);
+  EXPECT_TRUE(p.seqs[0].sample_choices.empty());  // nothing to sample, nothing to fork
+  EXPECT_TRUE(p.seqs[0].fork_to.empty());
+  EXPECT_EQ(s.slots().num_used(), 2);
+  UpdateOutput o = s.Update(p, SampleAndScore(p), now);
+  ASSERT_EQ(o.events.size(), 2u);
+  for (const OutgoingEvent& e : o.events) {
+    EXPECT_EQ(e.event.finish, FinishReason::kLength);
+    EXPECT_TRUE(e.event.token_ids.empty());
+    ASSERT_EQ(e.event.prompt_logprobs.size(), 5u);
+    EXPECT_EQ(e.event.prompt_logprobs[4].token, 5);
+  }
+  EXPECT_EQ(o.generated_tokens, 0);
+  EXPECT_EQ(o.finished_ids, std::vector<std::string>{"a"});
+  EXPECT_EQ(s.slots().num_used(), 0);
+  EXPECT_FALSE(s.HasWork());
+}
+
 }  // namespace
 }  // namespace bms

@@ -93,8 +93,9 @@ def check_completion(tag, choice, ids, want, n_generated):
     check(lp["tokens"][:L] == [chr(b) for b in ids], f"{tag}: prompt tokens {lp['tokens'][:L]}")
     check(lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None,
           f"{tag}: the first prompt token must have null logprob and top_logprobs")
-    check(lp["text_offset"][:L + 1] == list(range(L + 1)),
-          f"{tag}: text offsets {lp['text_offset'][:L + 1]} (one byte per token)")
+    n_offsets = L + (1 if n_generated else 0)  # the prompt's, then the first generated one's
+    check(lp["text_offset"][:n_offsets] == list(range(n_offsets)),
+          f"{tag}: text offsets {lp['text_offset'][:n_offsets]} (one byte per token)")
     for i, (want_lp, _, want_top, want_top_lp) in enumerate(want, start=1):
         got = lp["token_logprobs"][i]
         check(abs(got - want_lp) < TOL, f"{tag}: prompt token {i}: logprob {got} vs ref {want_lp}")
@@ -192,6 +193,25 @@ def main():
                 check(status == 200 and len(pl) == r4["usage"]["prompt_tokens"] and
                       pl[0] is None and all(e is not None and len(e) in (1, 2) for e in pl[1:]),
                       f"chat prompt_logprobs: {r4}")
+                # max_tokens 0: the prompt scored, nothing generated (legacy OpenAI scoring).
+                score = {"prompt": PROMPT, "max_tokens": 0, "echo": True, "logprobs": TOP,
+                         "prompt_logprobs": TOP}
+                status, r5 = post(server.port, "/v1/completions", score)
+                check(status == 200, f"max_tokens 0: {status} {r5}")
+                if status == 200:
+                    c5 = r5["choices"][0]
+                    check(c5["text"] == PROMPT and c5["finish_reason"] == "length" and
+                          r5["usage"]["completion_tokens"] == 0, f"max_tokens 0: {r5}")
+                    check_completion("max_tokens 0", c5, ids, want, 0)
+                status, chunks5 = post(server.port, "/v1/completions", dict(score, stream=True),
+                                       stream=True)
+                texts = [c["choices"][0]["text"] for c in chunks5 if c["choices"]]
+                check(status == 200 and "".join(texts) == PROMPT,
+                      f"max_tokens 0 stream: {status} {texts}")
+                status, r6 = post(server.port, "/v1/completions",
+                                  {"prompt": PROMPT, "max_tokens": 0, "echo": True})
+                check(status == 400 and r6["error"]["param"] == "max_tokens",
+                      f"max_tokens 0 without scoring: {status} {r6}")
                 for bad in (21, -1, "2"):
                     status, err = post(server.port, "/v1/completions",
                                        {"prompt": PROMPT, "prompt_logprobs": bad})
