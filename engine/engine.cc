@@ -101,6 +101,8 @@ absl::Status ValidateOptions(const EngineOptions& o, const ModelConfig& config) 
   if (o.max_tokens_limit < 1) return bad("max_tokens_limit must be >= 1");
   if (o.max_n < 1) return bad("max_n must be >= 1");
   if (o.async_publish_min_events < 0) return bad("async_publish_min_events must be >= 0");
+  if (o.state_cache_entries < 0) return bad("state_cache_entries must be >= 0");
+  if (o.state_cache_min_tokens < 1) return bad("state_cache_min_tokens must be >= 1");
   if (o.sampler_threads < 1 || o.sampler_threads > 256) {
     return bad("sampler_threads must be in [1, 256]");
   }
@@ -120,7 +122,9 @@ class EngineImpl final : public Engine {
             .num_slots = backend_->num_slots(),
             .max_num_batched_tokens = options_.max_num_batched_tokens,
             .eos_token_id = options_.eos_token_id,
-            .max_logits_rows = std::min(backend_->num_slots(), options_.max_num_batched_tokens)}),
+            .max_logits_rows = std::min(backend_->num_slots(), options_.max_num_batched_tokens),
+            .state_cache_entries = options_.state_cache_entries,
+            .state_cache_min_tokens = options_.state_cache_min_tokens}),
         seed_gen_(std::random_device{}()) {
     if (options_.sampler_threads > 1) {
       sampler_pool_ = std::make_unique<ref::ThreadPool>(options_.sampler_threads);
@@ -152,6 +156,10 @@ class EngineImpl final : public Engine {
   // Execute through Backend::ForwardSampled (sampling on the device): only when the backend
   // samples on the device and every logits row is one kLast row sampled by exactly one choice.
   bool CanSampleOnDevice(const StepPlan& plan) const;
+  // State cache: copies each cache hit's state into its slot before the forward, and each
+  // finishing prompt's state into its snapshot slot after it (a failed copy fails that sequence).
+  absl::Status RestoreCachedStates(const StepPlan& plan);
+  void SnapshotPromptStates(const StepPlan& plan, StepResult* result);
   absl::Status ForwardSampled(const StepPlan& plan, StepResult* result);
   void Publish(UpdateOutput* out);
 
@@ -191,6 +199,7 @@ class EngineImpl final : public Engine {
   std::thread thread_;
 
   // Lock-free counters (written by the engine thread, read anywhere).
+  std::atomic<int64_t> cache_entries_{0}, cache_hits_{0}, cache_tokens_{0};
   std::atomic<int64_t> running_{0}, sched_waiting_{0}, submitted_count_{0}, slots_total_{0},
       slots_used_{0}, prompt_tokens_{0}, generation_tokens_{0}, steps_{0};
   std::atomic<double> last_step_seconds_{0}, backend_seconds_{0}, step_seconds_{0},
@@ -374,6 +383,9 @@ EngineStats EngineImpl::Stats() const {
   s.waiting = sched_waiting_.load() + submitted_count_.load();
   s.slots_total = slots_total_.load();
   s.slots_used = slots_used_.load();
+  s.state_cache_entries = cache_entries_.load();
+  s.state_cache_hits_total = cache_hits_.load();
+  s.state_cache_tokens_total = cache_tokens_.load();
   s.prompt_tokens_total = prompt_tokens_.load();
   s.generation_tokens_total = generation_tokens_.load();
   s.steps_total = steps_.load();
@@ -435,7 +447,10 @@ void EngineImpl::RunStep() {
   // Counters first, so a client that saw an event also sees the counts that include it.
   running_.store(scheduler_.num_running());
   sched_waiting_.store(scheduler_.num_waiting());
-  slots_used_.store(scheduler_.slots().num_used());
+  slots_used_.store(scheduler_.num_request_slots());
+  cache_entries_.store(scheduler_.state_cache().size());
+  cache_hits_.fetch_add(out.cache_hits);
+  cache_tokens_.fetch_add(out.cached_prompt_tokens);
   prompt_tokens_.fetch_add(out.prompt_tokens);
   generation_tokens_.fetch_add(out.generated_tokens);
   // The observer too, so metrics scraped after a client's final event include its step.
@@ -472,8 +487,11 @@ void EngineImpl::Execute(const StepPlan& plan, StepResult* result_ptr, double* b
   if (fail_every_ > 0 && forward_calls_ % fail_every_ == 0) {
     result.status = absl::InternalError(absl::StrCat(
         "injected fault: backend step ", forward_calls_, " failed (step-fail:", fail_every_, ")"));
+  } else if (absl::Status restored = RestoreCachedStates(plan); !restored.ok()) {
+    result.status = restored;
   } else if (CanSampleOnDevice(plan)) {
     result.status = ForwardSampled(plan, &result);
+    if (result.status.ok()) SnapshotPromptStates(plan, &result);
     *backend_seconds = Seconds(Clock::now() - t0);
     backend_seconds_.store(backend_seconds_.load() + *backend_seconds);
     return;
@@ -541,6 +559,7 @@ void EngineImpl::Execute(const StepPlan& plan, StepResult* result_ptr, double* b
       jobs.push_back({i, j, seq.sample_choices[j], logits.data()});
     }
   }
+  SnapshotPromptStates(plan, &result);
   // Rows are independent: sample them in parallel (each job writes its own output element;
   // the scheduler is only read). Small vocabularies keep many rows per range.
   const int64_t rows_per_range = std::max<int64_t>(1, 32768 / static_cast<int64_t>(vocab));
@@ -568,6 +587,24 @@ void EngineImpl::Execute(const StepPlan& plan, StepResult* result_ptr, double* b
         }
       },
       rows_per_range);
+}
+
+absl::Status EngineImpl::RestoreCachedStates(const StepPlan& plan) {
+  for (const PlannedSeq& seq : plan.seqs) {
+    if (seq.restore_from < 0) continue;
+    if (absl::Status s = backend_->CopyState(seq.restore_from, seq.chunk.slot); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("state cache restore: ", s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void EngineImpl::SnapshotPromptStates(const StepPlan& plan, StepResult* result) {
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    const PlannedSeq& seq = plan.seqs[i];
+    if (seq.snapshot_to < 0 || !result->seq_status[i].ok()) continue;
+    result->seq_status[i] = backend_->CopyState(seq.chunk.slot, seq.snapshot_to);
+  }
 }
 
 bool EngineImpl::CanSampleOnDevice(const StepPlan& plan) const {

@@ -31,6 +31,13 @@ struct EngineOptions {
   // the channels while the engine runs the next step (per channel, events stay in order);
   // smaller steps push on the engine thread. 0 = always on the engine thread.
   int async_publish_min_events = 32;
+  // State cache (engine/state_cache.h): up to this many finished states (and prompt states) stay
+  // in otherwise free slots, keyed by their tokens; a prompt that extends a key resumes from it
+  // instead of prefilling those tokens (multi-turn chat, shared system prompts). Entries give
+  // their slots back whenever a request needs one. 0 = off. Keys shorter than
+  // state_cache_min_tokens are not kept.
+  int state_cache_entries = 0;
+  int state_cache_min_tokens = 32;
   std::shared_ptr<EngineObserver> observer;  // optional hooks (metrics); null = none
 };
 
@@ -39,7 +46,10 @@ struct EngineStats {
   int64_t running = 0;
   int64_t waiting = 0;
   int64_t slots_total = 0;
-  int64_t slots_used = 0;
+  int64_t slots_used = 0;                // held by requests
+  int64_t state_cache_entries = 0;       // held by the state cache (reclaimable)
+  int64_t state_cache_hits_total = 0;    // prompts that resumed a cached state
+  int64_t state_cache_tokens_total = 0;  // prompt tokens those hits did not compute
   int64_t prompt_tokens_total = 0;
   int64_t generation_tokens_total = 0;
   int64_t steps_total = 0;

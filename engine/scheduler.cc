@@ -6,7 +6,36 @@
 namespace bms {
 
 Scheduler::Scheduler(const SchedulerOptions& options)
-    : options_(options), slots_(options.num_slots) {}
+    : options_(options),
+      slots_(options.num_slots),
+      cache_(options.state_cache_entries, options.state_cache_min_tokens) {}
+
+void Scheduler::ReleaseSlots(const std::vector<int>& slots) {
+  for (int s : slots) {
+    bool released = slots_.Release(s);
+    assert(released && "state cache returned a slot that was not in use");
+    (void)released;
+  }
+}
+
+void Scheduler::PlanSnapshots(StepPlan* plan) {
+  if (!cache_.enabled()) return;
+  for (PlannedSeq& seq : plan->seqs) {
+    RequestState* r = seq.request;
+    if (seq.choice >= 0 || r->prefilled + seq.chunk.n_tokens != r->prompt_len()) continue;
+    // max_tokens 0: its finish caches this very state.
+    if (r->request.sampling.max_tokens == 0 || r->prompt_len() < cache_.min_tokens() ||
+        cache_.Contains(r->request.prompt_ids)) {
+      continue;
+    }
+    if (slots_.num_free() == 0) {
+      const int evicted = cache_.EvictOne();
+      if (evicted < 0) return;
+      ReleaseSlots({evicted});
+    }
+    seq.snapshot_to = slots_.Acquire(1)[0];
+  }
+}
 
 void Scheduler::Add(std::unique_ptr<RequestState> r) {
   r->serial = next_serial_++;
@@ -79,6 +108,8 @@ int Scheduler::AddPromptChunk(RequestState* r, int budget, StepPlan* plan) {
   seq.chunk.token_offset = static_cast<int>(plan->tokens.size());
   seq.chunk.n_tokens = n_tokens;
   seq.chunk.first_chunk = r->prefilled == 0;
+  seq.restore_from = r->restore_from;  // a cache hit's first chunk (prefilled > 0 then)
+  r->restore_from = -1;
   seq.chunk.logits = scored ? LogitsMode::kAll : last ? LogitsMode::kLast : LogitsMode::kNone;
   plan->num_logits_rows += scored ? n_tokens : last ? 1 : 0;
   if (last && r->request.sampling.max_tokens > 0) {
@@ -109,6 +140,7 @@ void Scheduler::Schedule(Clock::time_point now, StepPlan* out) {
   plan.num_decode_tokens = 0;
   plan.num_prefill_tokens = 0;
   plan.num_logits_rows = 0;
+  cache_.NewStep();
   int budget = options_.max_num_batched_tokens;
   bool prompts_left = false;  // some admitted prompt still needs chunks
   // 1. One decode token for every unfinished choice of a fully prefilled request.
@@ -152,7 +184,22 @@ void Scheduler::Schedule(Clock::time_point now, StepPlan* out) {
       continue;
     }
     const int n = static_cast<int>(r->choices.size());
+    // The longest cached prefix (pinned, so the evictions below keep it). Scored prompts need
+    // every position's logits, so they prefill in full.
+    const StateCache::Entry* hit = r->request.prompt_logprobs < 0 && cache_.enabled()
+                                       ? cache_.Lookup(r->request.prompt_ids)
+                                       : nullptr;
+    if (slots_.num_free() + cache_.size() < n) break;
+    while (slots_.num_free() < n) {
+      const int evicted = cache_.EvictOne();
+      if (evicted < 0) break;
+      ReleaseSlots({evicted});
+    }
     if (slots_.num_free() < n) break;
+    if (hit != nullptr) {
+      r->prefilled = r->cached_prefix = static_cast<int>(hit->tokens.size());
+      r->restore_from = hit->slot;
+    }
     std::vector<int> slots = slots_.Acquire(n);
     for (int c = 0; c < n; ++c) r->choices[c].slot = slots[c];
     r->admitted = true;
@@ -161,6 +208,7 @@ void Scheduler::Schedule(Clock::time_point now, StepPlan* out) {
     running_.insert(std::move(node));
     budget -= AddPromptChunk(r, budget, &plan);
   }
+  PlanSnapshots(&plan);
 }
 
 GenerationEvent Scheduler::NewEvent(const RequestState& r, const ChoiceState& c,
@@ -181,9 +229,23 @@ void Scheduler::FinishChoice(RequestState* r, ChoiceState* c, FinishReason reaso
                              GenerationEvent* ev) {
   c->finish = reason;
   if (c->slot >= 0) {
-    bool released = slots_.Release(c->slot);
-    assert(released && "slot released twice");
-    (void)released;
+    // A choice that ended normally leaves the state after every token it consumed (the prompt
+    // and all generated tokens but the last, which was never fed back): a cache entry.
+    const size_t consumed =
+        r->request.prompt_ids.size() + (c->generated.empty() ? 0 : c->generated.size() - 1);
+    if (cache_.enabled() && (reason == FinishReason::kStop || reason == FinishReason::kLength) &&
+        r->prefill_done() && consumed >= static_cast<size_t>(cache_.min_tokens())) {
+      std::vector<int32_t> key;
+      key.reserve(consumed);
+      key.insert(key.end(), r->request.prompt_ids.begin(), r->request.prompt_ids.end());
+      key.insert(key.end(), c->generated.begin(),
+                 c->generated.begin() + (consumed - r->request.prompt_ids.size()));
+      ReleaseSlots(cache_.Insert(std::move(key), c->slot));
+    } else {
+      bool released = slots_.Release(c->slot);
+      assert(released && "slot released twice");
+      (void)released;
+    }
     c->slot = -1;
   }
   if (--r->unfinished == 0) finished_.push_back(r);
@@ -250,11 +312,23 @@ void Scheduler::Update(const StepPlan& plan, const StepResult& result, Clock::ti
   out.finished_ids.clear();
   out.prompt_tokens = 0;
   out.generated_tokens = 0;
+  out.cache_hits = 0;
+  out.cached_prompt_tokens = 0;
   out.events.reserve(plan.seqs.size());
   finished_.clear();
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     const PlannedSeq& seq = plan.seqs[i];
     RequestState* r = seq.request;
+    const bool seq_ok =
+        result.status.ok() && (i >= result.seq_status.size() || result.seq_status[i].ok());
+    if (seq.snapshot_to >= 0) {  // the engine copied the prompt's state there (when ok)
+      ReleaseSlots(seq_ok ? cache_.Insert(r->request.prompt_ids, seq.snapshot_to)
+                          : std::vector<int>{seq.snapshot_to});
+    }
+    if (seq.restore_from >= 0 && seq_ok) {
+      ++out.cache_hits;
+      out.cached_prompt_tokens += r->cached_prefix;
+    }
     if (r->unfinished == 0) continue;
     if (!result.status.ok()) {
       FinishAll(r, FinishReason::kError, result.status, now, &out);

@@ -18,6 +18,11 @@
 // A request with prompt_logprobs >= 0 has its prompt chunks run with a logits row per token
 // (LogitsMode::kAll) so the engine can score every prompt token; those chunks are also capped so
 // that the step's logits rows stay within max_logits_rows (the backend's pre-sized workspace).
+// State cache (state_cache_entries > 0, engine/state_cache.h): a finished choice's slot (stop or
+// length) becomes a cache entry keyed by every token it consumed, and a prompt's last chunk also
+// copies its state into a spare slot keyed by the prompt; a newly admitted prompt that extends a
+// key resumes from a copy of that state (the plan's restore_from) and prefills only the rest.
+// Entries give their slots back, least recently used first, whenever admission needs them.
 //
 // Not thread-safe: only the engine thread (or one test thread) may call it.
 #pragma once
@@ -37,6 +42,7 @@
 #include "engine/request.h"
 #include "engine/sampler.h"
 #include "engine/slot_pool.h"
+#include "engine/state_cache.h"
 
 namespace bms {
 
@@ -54,8 +60,10 @@ struct RequestState {
   uint64_t serial = 0;  // arrival order (assigned by Add)
   GenerateRequest request;
   std::shared_ptr<EventChannel> channel;
-  uint64_t seed = 0;  // request.sampling.seed or a random one
-  int prefilled = 0;  // prompt tokens already in the slot's state
+  uint64_t seed = 0;      // request.sampling.seed or a random one
+  int prefilled = 0;      // prompt tokens already in the slot's state
+  int cached_prefix = 0;  // of those, tokens resumed from a state-cache entry (not computed)
+  int restore_from = -1;  // admitted on a cache hit: the entry's slot, until the first chunk
   bool admitted = false;
   bool cancel_requested = false;
   int unfinished = 0;                // choices not finished yet
@@ -75,6 +83,11 @@ struct PlannedSeq {
   int choice = -1;
   SeqChunk chunk;
   std::vector<int> fork_to;  // prompt's last chunk with n > 1: slots of choices 1..n-1
+  // State cache: before the forward, copy this slot's state into chunk.slot (a prompt's first
+  // chunk resuming a cached prefix); after it, copy chunk.slot's state into snapshot_to (a
+  // prompt's last chunk: the new entry for the whole prompt). -1: none.
+  int restore_from = -1;
+  int snapshot_to = -1;
   // Choices to sample after the forward (in order): all of them after the prompt's last chunk,
   // the decoding choice for a decode, none for an intermediate prompt chunk. Inline: a decode
   // step allocates nothing per sequence for it.
@@ -112,6 +125,8 @@ struct UpdateOutput {
   std::vector<std::string> finished_ids;  // requests that are completely done
   int64_t prompt_tokens = 0;              // prompt tokens consumed by this step
   int64_t generated_tokens = 0;           // tokens sampled in this step
+  int64_t cache_hits = 0;                 // prompts that resumed a cached state in this step
+  int64_t cached_prompt_tokens = 0;       // prompt tokens those hits did not compute
 };
 
 struct SchedulerOptions {
@@ -122,6 +137,9 @@ struct SchedulerOptions {
   // token) can reach it; the engine passes min(num_slots, max_num_batched_tokens), the rows the
   // CUDA backend's workspace is sized for.
   int max_logits_rows = 0;
+  // State cache (engine/state_cache.h): most entries held (0: off), shortest key kept.
+  int state_cache_entries = 0;
+  int state_cache_min_tokens = 32;
 };
 
 class Scheduler {
@@ -154,6 +172,9 @@ class Scheduler {
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
   int num_running() const { return static_cast<int>(running_.size()); }
   const SlotPool& slots() const { return slots_; }
+  const StateCache& state_cache() const { return cache_; }
+  // Slots held by requests (the pool's used slots minus the cache's entries).
+  int num_request_slots() const { return slots_.num_used() - cache_.size(); }
   const SchedulerOptions& options() const { return options_; }
   // Sampling context of one choice (for the engine's sampler).
   SampleContext ContextFor(const RequestState& r, int choice) const;
@@ -163,6 +184,11 @@ class Scheduler {
   using Queue = std::map<Key, std::unique_ptr<RequestState>>;
   static Key KeyOf(const RequestState& r) { return {r.request.priority, r.serial}; }
 
+  // Releases every slot the cache hands back.
+  void ReleaseSlots(const std::vector<int>& slots);
+  // At the end of Schedule: a spare slot for each prompt finishing in this step that the cache
+  // does not hold yet (evicting an older entry when no slot is free).
+  void PlanSnapshots(StepPlan* plan);
   // Adds r's next prompt chunk (at most `budget` tokens); returns its tokens (0: none fits).
   int AddPromptChunk(RequestState* r, int budget, StepPlan* plan);
   void AppendToken(RequestState* r, int choice, const SampledToken& s, Clock::time_point now,
@@ -177,6 +203,7 @@ class Scheduler {
 
   SchedulerOptions options_;
   SlotPool slots_;
+  StateCache cache_;
   uint64_t next_serial_ = 1;
   Queue waiting_;
   Queue running_;  // admitted (prefilling or decoding)
