@@ -255,5 +255,57 @@ TEST(CpuEngine, MaxTokensZeroNeedsPromptLogprobs) {
   EXPECT_NE(ch.status().message().find("min_tokens"), std::string_view::npos);
 }
 
+// State cache: a multi-turn conversation gives the same greedy tokens and logprobs (to rounding:
+// a resumed state was built by decode steps, a fresh one by prefill chunks) with the cache on as
+// with it off, and the cached run computes fewer prompt tokens, by exactly what it resumed.
+TEST(CpuEngine, StateCacheResumesTurnsWithTheSameOutput) {
+  ModelWeights w = TinyWeights();
+  auto make = [&](int cache_entries) {
+    EngineOptions o;
+    o.max_num_batched_tokens = 8;  // chunked prefill
+    o.eos_token_id = -1;
+    o.state_cache_entries = cache_entries;
+    o.state_cache_min_tokens = 4;
+    auto e = Engine::Create(TinyBackend(w, 4), o);
+    EXPECT_TRUE(e.ok()) << e.status();
+    EXPECT_TRUE((*e)->Start().ok());
+    return std::move(*e);
+  };
+  auto plain = make(0);
+  auto cached = make(8);
+  std::mt19937 rng(::testing::UnitTest::GetInstance()->random_seed());
+  std::vector<int32_t> p1;
+  for (int i = 0; i < 19; ++i) p1.push_back(static_cast<int32_t>(rng() % 500));
+  auto run = [](Engine& e, const std::vector<int32_t>& prompt) {
+    GenerateRequest r = bms::testing::Greedy(prompt, 6);
+    r.sampling.logprobs = 2;
+    return Collect(**e.Submit(std::move(r)), 1)[0];
+  };
+  ChoiceResult t1_plain = run(*plain, p1), t1_cached = run(*cached, p1);
+  EXPECT_EQ(t1_cached.tokens, t1_plain.tokens);
+  // Turn 2 extends turn 1's prompt and output: resumes the finished state (p1 + 5 tokens).
+  std::vector<int32_t> p2 = p1;
+  p2.insert(p2.end(), t1_plain.tokens.begin(), t1_plain.tokens.end());
+  p2.insert(p2.end(), {11, 12, 13});
+  // Turn 3 extends only turn 1's prompt: resumes the prompt snapshot.
+  std::vector<int32_t> p3 = p1;
+  p3.insert(p3.end(), {21, 22});
+  for (const auto* prompt : {&p2, &p3}) {
+    ChoiceResult want = run(*plain, *prompt), got = run(*cached, *prompt);
+    EXPECT_EQ(got.tokens, want.tokens);
+    ASSERT_EQ(got.logprobs.size(), want.logprobs.size());
+    for (size_t k = 0; k < want.logprobs.size(); ++k)
+      EXPECT_NEAR(got.logprobs[k].logprob, want.logprobs[k].logprob, 1e-3) << k;
+  }
+  const EngineStats a = plain->Stats(), b = cached->Stats();
+  const int64_t resumed = static_cast<int64_t>(p1.size() + 5 + p1.size());
+  EXPECT_EQ(a.state_cache_hits_total, 0);
+  EXPECT_EQ(b.state_cache_hits_total, 2);
+  EXPECT_EQ(b.state_cache_tokens_total, resumed);
+  EXPECT_EQ(a.prompt_tokens_total - b.prompt_tokens_total, resumed);
+  EXPECT_GT(b.state_cache_entries, 0);
+  EXPECT_EQ(b.slots_used, 0);  // entries are not counted as used by requests
+}
+
 }  // namespace
 }  // namespace bms

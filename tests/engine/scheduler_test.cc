@@ -375,5 +375,143 @@ TEST(Scheduler, ScoreOnlyRequestEndsAfterPrefillWithoutSampling) {
   EXPECT_FALSE(s.HasWork());
 }
 
+// State cache: a finished choice's slot becomes an entry keyed by prompt + generated[:-1]; a
+// prompt's last chunk snapshots the prompt state into a spare slot; a later prompt extending a
+// key resumes from it (restore_from, first_chunk false, only the rest prefilled).
+TEST(Scheduler, StateCacheResumesALaterPromptFromAFinishedChoice) {
+  Scheduler s({.num_slots = 4,
+               .max_num_batched_tokens = 64,
+               .eos_token_id = 0,
+               .state_cache_entries = 4,
+               .state_cache_min_tokens = 4});
+  auto now = Clock::now();
+  s.Add(MakeRequest("a", 6, /*max_tokens=*/3));
+  StepPlan p1 = s.Schedule(now);
+  ASSERT_EQ(p1.seqs.size(), 1u);
+  EXPECT_EQ(p1.seqs[0].restore_from, -1);
+  const int prompt_slot = p1.chunks[0].slot;
+  const int snapshot = p1.seqs[0].snapshot_to;
+  ASSERT_GE(snapshot, 0);
+  EXPECT_NE(snapshot, prompt_slot);
+  s.Update(p1, SampleAll(p1, 5), now);
+  EXPECT_EQ(s.state_cache().size(), 1);  // the prompt's state
+  for (int step = 0; step < 2; ++step) {
+    StepPlan p = s.Schedule(now);
+    s.Update(p, SampleAll(p, 6 + step), now);
+  }
+  EXPECT_FALSE(s.HasWork());
+  // a's slot holds prompt + [5, 6] (7 was sampled, never fed): a second entry.
+  std::vector<int32_t> consumed = MakeRequest("x", 6, 1)->request.prompt_ids;
+  consumed.insert(consumed.end(), {5, 6});
+  EXPECT_TRUE(s.state_cache().Contains(consumed));
+  EXPECT_EQ(s.state_cache().size(), 2);
+  EXPECT_EQ(s.num_request_slots(), 0);
+  EXPECT_EQ(s.slots().num_used(), 2);
+
+  // The next turn: a's prompt + its output + 3 new tokens resumes the finished state.
+  auto b = MakeRequest("b", 6, 1);
+  b->request.prompt_ids = consumed;
+  b->request.prompt_ids.insert(b->request.prompt_ids.end(), {7, 40, 41, 42});
+  s.Add(std::move(b));
+  StepPlan p2 = s.Schedule(now);
+  ASSERT_EQ(p2.seqs.size(), 1u);
+  EXPECT_EQ(p2.seqs[0].restore_from, prompt_slot);
+  EXPECT_FALSE(p2.chunks[0].first_chunk);
+  EXPECT_EQ(p2.chunks[0].n_tokens, 4);
+  EXPECT_EQ(p2.tokens, (std::vector<int32_t>{7, 40, 41, 42}));
+  EXPECT_NE(p2.chunks[0].slot, prompt_slot);
+  UpdateOutput o2 = s.Update(p2, SampleAll(p2), now);
+  EXPECT_EQ(o2.cache_hits, 1);
+  EXPECT_EQ(o2.cached_prompt_tokens, 8);
+  EXPECT_EQ(o2.prompt_tokens, 4);  // only what was computed
+
+  // A prompt that extends only a's prompt resumes the snapshot instead.
+  auto c = MakeRequest("c", 6, 1);
+  c->request.prompt_ids.push_back(99);
+  s.Add(std::move(c));
+  StepPlan p3 = s.Schedule(now);
+  ASSERT_EQ(p3.seqs.size(), 1u);
+  EXPECT_EQ(p3.seqs[0].restore_from, snapshot);
+  EXPECT_EQ(p3.tokens, std::vector<int32_t>{99});
+  s.Update(p3, SampleAll(p3), now);
+}
+
+TEST(Scheduler, StateCacheEntriesGiveTheirSlotsToAdmission) {
+  Scheduler s({.num_slots = 2,
+               .max_num_batched_tokens = 64,
+               .eos_token_id = 0,
+               .state_cache_entries = 8,
+               .state_cache_min_tokens = 2});
+  auto now = Clock::now();
+  auto run_to_end = [&] {
+    for (int step = 0; step < 10 && s.HasWork(); ++step) {
+      StepPlan p = s.Schedule(now);
+      s.Update(p, SampleAll(p), now);
+    }
+  };
+  // (max_tokens 2: a's finished state, prompt + 1 token, differs from its prompt snapshot; with
+  // max_tokens 1 both keys would be the prompt and the finished state would replace it.)
+  s.Add(MakeRequest("a", 5, 2));
+  run_to_end();
+  EXPECT_EQ(s.state_cache().size(), 2);  // prompt snapshot + a's finished state (both slots)
+  EXPECT_EQ(s.slots().num_free(), 0);
+  // Two new requests with unrelated prompts: entries are evicted for them.
+  auto b = MakeRequest("b", 5, 1);
+  b->request.prompt_ids.assign({50, 51, 52, 53, 54});
+  auto c = MakeRequest("c", 5, 1);
+  c->request.prompt_ids.assign({60, 61, 62, 63, 64});
+  s.Add(std::move(b));
+  s.Add(std::move(c));
+  StepPlan p = s.Schedule(now);
+  EXPECT_EQ(p.seqs.size(), 2u);
+  EXPECT_EQ(s.state_cache().size(), 0);
+  for (const PlannedSeq& q : p.seqs) EXPECT_EQ(q.snapshot_to, -1);  // no slot left to spare
+  s.Update(p, SampleAll(p), now);
+  EXPECT_EQ(s.state_cache().size(), 2);  // b's and c's finished states
+}
+
+TEST(Scheduler, StateCacheKeepsTheEntryAnAdmissionResumesFrom) {
+  Scheduler s({.num_slots = 2,
+               .max_num_batched_tokens = 64,
+               .eos_token_id = 0,
+               .state_cache_entries = 8,
+               .state_cache_min_tokens = 2});
+  auto now = Clock::now();
+  s.Add(MakeRequest("a", 5, 2));
+  for (int step = 0; step < 2; ++step) {
+    StepPlan p0 = s.Schedule(now);
+    s.Update(p0, SampleAll(p0), now);
+  }
+  ASSERT_EQ(s.slots().num_free(), 0);  // a's finished state + its prompt snapshot
+  // Extends a's prompt: its hit is pinned, so the other entry is the one evicted.
+  auto b = MakeRequest("b", 7, 1);
+  s.Add(std::move(b));
+  StepPlan p = s.Schedule(now);
+  ASSERT_EQ(p.seqs.size(), 1u);
+  ASSERT_GE(p.seqs[0].restore_from, 0);
+  EXPECT_NE(p.seqs[0].restore_from, p.chunks[0].slot);
+  EXPECT_EQ(p.chunks[0].n_tokens, 2);
+}
+
+TEST(Scheduler, ScoredPromptsDoNotResumeCachedStates) {
+  Scheduler s({.num_slots = 4,
+               .max_num_batched_tokens = 64,
+               .eos_token_id = 0,
+               .state_cache_entries = 4,
+               .state_cache_min_tokens = 2});
+  auto now = Clock::now();
+  s.Add(MakeRequest("a", 5, 1));
+  StepPlan p0 = s.Schedule(now);
+  s.Update(p0, SampleAll(p0), now);
+  auto b = MakeRequest("b", 8, 1);
+  b->request.prompt_logprobs = 0;
+  s.Add(std::move(b));
+  StepPlan p = s.Schedule(now);
+  ASSERT_EQ(p.seqs.size(), 1u);
+  EXPECT_EQ(p.seqs[0].restore_from, -1);
+  EXPECT_EQ(p.chunks[0].n_tokens, 8);
+  EXPECT_TRUE(p.chunks[0].first_chunk);
+}
+
 }  // namespace
 }  // namespace bms
