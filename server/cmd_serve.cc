@@ -49,6 +49,8 @@ struct ServeFlags {
   std::string state_dtype = "fp32";
   int max_num_batched_tokens = 2048;
   int cuda_graph_max_batch = 0;
+  int state_cache_entries = 0;
+  int state_cache_min_tokens = 32;
   int max_queued_requests = 1024;
   int max_prompt_tokens = 131072;
   int max_tokens_limit = 131072;
@@ -95,6 +97,12 @@ void Register(FlagSet& f, ServeFlags& v) {
         "CUDA backend: largest decode batch captured as a CUDA graph at start-up (bounds graph "
         "memory; larger decode steps run eagerly); 0 = every batch up to min(slots, "
         "--max-num-batched-tokens)");
+  f.Int("state-cache-entries", &v.state_cache_entries,
+        "state cache: finished requests' states (and prompt states) kept in free slots, so a "
+        "prompt that extends one (the next chat turn, a shared system prompt) skips prefilling "
+        "it; entries give their slots back to new requests on demand. 0 = off");
+  f.Int("state-cache-min-tokens", &v.state_cache_min_tokens,
+        "state cache: shortest token sequence worth an entry");
   f.Int("max-queued-requests", &v.max_queued_requests, "waiting requests before 429");
   f.Int("max-prompt-tokens", &v.max_prompt_tokens, "longer prompts are rejected (400)");
   f.Int("max-tokens-limit", &v.max_tokens_limit, "largest accepted max_tokens");
@@ -165,6 +173,12 @@ absl::Status CheckFlags(const ServeFlags& v) {
   if (v.max_num_seqs < 0) return absl::InvalidArgumentError("flag --max-num-seqs must be >= 0");
   if (v.cuda_graph_max_batch < 0) {
     return absl::InvalidArgumentError("flag --cuda-graph-max-batch must be >= 0");
+  }
+  if (v.state_cache_entries < 0) {
+    return absl::InvalidArgumentError("flag --state-cache-entries must be >= 0");
+  }
+  if (v.state_cache_min_tokens < 1) {
+    return absl::InvalidArgumentError("flag --state-cache-min-tokens must be >= 1");
   }
   if (v.state_dtype != "fp32" && v.state_dtype != "bf16") {
     return absl::InvalidArgumentError("flag --state-dtype must be fp32 or bf16");
@@ -268,6 +282,8 @@ int ServeCommand(const Args& args) {
   eo.max_n = v.max_n;
   eo.eos_token_id = tokenizer->eos_token_id() < config.vocab_size ? tokenizer->eos_token_id() : -1;
   eo.fault_injection = v.fault_injection;
+  eo.state_cache_entries = v.state_cache_entries;
+  eo.state_cache_min_tokens = v.state_cache_min_tokens;
   auto metrics = ServerMetrics::Create(config, {.moe_window_seconds = v.moe_metrics_window});
   if (!metrics.ok()) return Fail(metrics.status());
   eo.observer = *metrics;
