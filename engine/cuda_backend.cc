@@ -347,8 +347,13 @@ absl::Status CudaBackendImpl::CopyState(int src_slot, int dst_slot) {
     if (l.kind != LayerKind::kMamba) continue;
     char* c = static_cast<char*>(l.mamba.conv_state);
     char* s = static_cast<char*>(l.mamba.ssm_state);
-    BMS_RETURN_IF_ERROR(cuda::CopyDeviceToDevice(c + dst_slot * conv, c + src_slot * conv, conv));
-    BMS_RETURN_IF_ERROR(cuda::CopyDeviceToDevice(s + dst_slot * ssm, s + src_slot * ssm, ssm));
+    // On the compute stream: the next step's kernels (non-blocking stream) must see the copy.
+    // A plain cudaMemcpy runs on the legacy default stream, which a non-blocking stream does
+    // not wait for.
+    BMS_RETURN_IF_ERROR(
+        cuda::CopyDeviceToDeviceAsync(c + dst_slot * conv, c + src_slot * conv, conv, stream_));
+    BMS_RETURN_IF_ERROR(
+        cuda::CopyDeviceToDeviceAsync(s + dst_slot * ssm, s + src_slot * ssm, ssm, stream_));
   }
   return absl::OkStatus();
 }

@@ -56,6 +56,11 @@ absl::Status CopyDeviceToDevice(void* dst, const void* src, size_t bytes) {
   if (bytes) BMS_CUDA_RETURN_IF_ERROR(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
   return absl::OkStatus();
 }
+absl::Status CopyDeviceToDeviceAsync(void* dst, const void* src, size_t bytes, Stream stream) {
+  if (bytes)
+    BMS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
+  return absl::OkStatus();
+}
 absl::Status CopyToDeviceAsync(void* dst, const void* src, size_t bytes, Stream stream) {
   if (bytes)
     BMS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));

@@ -37,6 +37,9 @@ class DeviceBuffer {
 absl::Status CopyToDevice(void* dst, const void* src, size_t bytes);
 absl::Status CopyToHost(void* dst, const void* src, size_t bytes);
 absl::Status CopyDeviceToDevice(void* dst, const void* src, size_t bytes);
+// Enqueued on `stream`, so later work on that stream sees it (a plain CopyDeviceToDevice runs on
+// the legacy default stream, which a non-blocking stream does not wait for).
+absl::Status CopyDeviceToDeviceAsync(void* dst, const void* src, size_t bytes, Stream stream);
 absl::Status CopyToDeviceAsync(void* dst, const void* src, size_t bytes, Stream stream);
 absl::Status CopyToHostAsync(void* dst, const void* src, size_t bytes, Stream stream);
 absl::Status FillBytes(void* dst, int byte, size_t bytes, Stream stream = nullptr);

@@ -41,11 +41,4 @@ absl::StatusOr<std::vector<float>> TimeEachCall(const std::function<absl::Status
   return us;
 }
 
-absl::Status CopyDeviceToDeviceOnStream(void* dst, const void* src, size_t bytes, Stream stream) {
-  if (cudaError_t err = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream);
-      err != cudaSuccess)
-    return absl::InternalError(absl::StrCat("cudaMemcpyAsync: ", cudaGetErrorString(err)));
-  return absl::OkStatus();
-}
-
 }  // namespace bms::cuda

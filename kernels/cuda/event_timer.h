@@ -16,7 +16,4 @@ namespace bms::cuda {
 absl::StatusOr<std::vector<float>> TimeEachCall(const std::function<absl::Status(int)>& fn,
                                                 int reps, Stream stream);
 
-// Enqueues a device-to-device copy of `bytes` on `stream` (for a copy-bandwidth ceiling).
-absl::Status CopyDeviceToDeviceOnStream(void* dst, const void* src, size_t bytes, Stream stream);
-
 }  // namespace bms::cuda

@@ -66,6 +66,9 @@ TEST(ServerMetricsTest, EngineGaugesComeFromStats) {
   e.stats.waiting = 7;
   e.stats.slots_total = 16;
   e.stats.slots_used = 5;
+  e.stats.state_cache_entries = 4;
+  e.stats.state_cache_hits_total = 9;
+  e.stats.state_cache_tokens_total = 321;
   e.stats.state_bytes_per_slot = 4096;
   e.stats.backend_memory_bytes = 123456789;
   e.stats.prompt_tokens_total = 1000;
@@ -77,6 +80,10 @@ TEST(ServerMetricsTest, EngineGaugesComeFromStats) {
   EXPECT_EQ(p.Get("bmserve:num_requests_waiting"), 7);
   EXPECT_EQ(p.Get("bmserve:state_slots_total"), 16);
   EXPECT_EQ(p.Get("bmserve:state_slots_used"), 5);
+  EXPECT_EQ(p.Get("bmserve:state_cache_entries"), 4);
+  EXPECT_EQ(p.Get("bmserve:state_cache_hits_total"), 9);
+  EXPECT_EQ(p.Get("bmserve:state_cache_prompt_tokens_total"), 321);
+  EXPECT_EQ(p.types["bmserve:state_cache_hits_total"], "counter");
   EXPECT_EQ(p.Get("bmserve:state_bytes_per_slot"), 4096);
   EXPECT_EQ(p.Get("bmserve:backend_memory_in_use_bytes"), 123456789);
   EXPECT_EQ(p.Get("bmserve:prompt_tokens_total"), 1000);
