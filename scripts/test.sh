@@ -40,7 +40,7 @@ export OPENBLAS_NUM_THREADS=1
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer (loaders, tokenizer, reference ops, engine) =="
 sanitizer_run build-asan -DBMS_SANITIZE=ON \
   weights_test ref_ops_test cpu_backend_test engine_sampler_test engine_scheduler_test \
-  engine_loop_test engine_cpu_engine_test $TOKENIZER_TESTS
+  engine_loop_test engine_cpu_engine_test engine_state_cache_test $TOKENIZER_TESTS
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer: end-to-end tests against an ASan bmserve =="
 # Same build folder (the libraries are already built); leaks at exit and the start-up test's
