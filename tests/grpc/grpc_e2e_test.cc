@@ -506,7 +506,9 @@ TEST_F(GrpcE2eTest, ModelInfoAndHealth) {
 // SIGTERM: health turns NOT_SERVING (seen by Watch), new calls get UNAVAILABLE, the stream in
 // flight still completes, and the process exits 0.
 TEST(GrpcDrainTest, HealthFollowsDrain) {
-  testing::ServeProcess server(Bin(), {"--drain-timeout", "30"});
+  // The stream must still run when SIGTERM arrives (3000 tokens) and finish within the drain
+  // timeout even on a loaded 2-core machine (8000 tokens against 30 s was aborted there).
+  testing::ServeProcess server(Bin(), {"--drain-timeout", "180"});
   ASSERT_TRUE(server.ok()) << server.log();
   auto channel = grpc::CreateChannel(server.grpc_target(), grpc::InsecureChannelCredentials());
   auto stub = pb::Inference::NewStub(channel);
@@ -519,7 +521,7 @@ TEST(GrpcDrainTest, HealthFollowsDrain) {
   EXPECT_EQ(h.status(), HealthCheckResponse::SERVING);
 
   grpc::ClientContext gctx;
-  auto stream = stub->Generate(&gctx, BasicRequest(true, 1, 8000, 3));
+  auto stream = stub->Generate(&gctx, BasicRequest(true, 1, 3000, 3));
   pb::GenerateResponse r;
   ASSERT_TRUE(stream->Read(&r));
 
