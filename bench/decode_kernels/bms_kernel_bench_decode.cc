@@ -80,7 +80,7 @@ int Main(int argc, char** argv) {
     auto c1 = cuda::DeviceBuffer::Alloc(copy_bytes, "copy dst");
     if (!c0.ok() || !c1.ok()) return Fail(c0.ok() ? c1.status() : c0.status());
     auto us = timed([&](int) {
-      return cuda::CopyDeviceToDeviceOnStream(c1->get(), c0->get(), copy_bytes, stream);
+      return cuda::CopyDeviceToDeviceAsync(c1->get(), c0->get(), copy_bytes, stream);
     });
     if (!us.ok()) return Fail(us.status());
     bw = 2.0 * copy_bytes / (*us * 1e-6);
