@@ -125,6 +125,36 @@ TEST_F(OpenAiRequestTest, ChatAppliesTheTemplate) {
             "messages[0].content");
 }
 
+// Prompt scoring: what the engine is asked to score, and max_tokens 0 only with scoring.
+TEST_F(OpenAiRequestTest, PromptScoringFields) {
+  ASSERT_FALSE(Completion(R"({"prompt": "ab", "echo": true, "logprobs": 3})"));
+  EXPECT_TRUE(spec_.echo_logprobs());
+  EXPECT_EQ(spec_.EnginePromptLogprobs(), 3);
+  ASSERT_FALSE(
+      Completion(R"({"prompt": "ab", "echo": true, "logprobs": 1, "prompt_logprobs": 4})"));
+  EXPECT_EQ(spec_.prompt_logprobs, 4);
+  EXPECT_EQ(spec_.EnginePromptLogprobs(), 4);  // enough alternatives for both outputs
+  ASSERT_FALSE(Completion(R"({"prompt": "ab", "logprobs": 2})"));  // no echo: no scoring
+  EXPECT_EQ(spec_.EnginePromptLogprobs(), -1);
+  ASSERT_FALSE(Completion(R"({"prompt": "ab", "echo": true})"));
+  EXPECT_EQ(spec_.EnginePromptLogprobs(), -1);
+  ASSERT_FALSE(Completion(R"({"prompt": "ab", "max_tokens": 0, "prompt_logprobs": 0})"));
+  EXPECT_EQ(spec_.sampling.max_tokens, 0);
+  ASSERT_FALSE(Completion(R"({"prompt": "ab", "max_tokens": 0, "echo": true, "logprobs": 0})"));
+  auto e = Completion(R"({"prompt": "ab", "max_tokens": 0, "echo": true})");
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->param, "max_tokens");
+  e = Completion(R"({"prompt": "ab", "prompt_logprobs": 21})");
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->param, "prompt_logprobs");
+  ctx_.limits.max_prompt_tokens = 1000;  // the chat template is longer than 10 tokens
+  ASSERT_FALSE(Chat(R"({"messages": [{"role": "user", "content": "hi"}], "prompt_logprobs": 2})"));
+  EXPECT_EQ(spec_.EnginePromptLogprobs(), 2);
+  e = Chat(R"({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0})");
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->param, "max_tokens");
+}
+
 TEST(ChatTemplateTest, ParsesAndValidates) {
   auto t = ChatTemplate::FromJsonText(
       R"({"prefix": "<s>", "user": "[U]{content}[/U]", "generation_prompt": "[A]"})");
