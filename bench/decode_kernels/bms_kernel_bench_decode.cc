@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/engine/kernel_bench_util.h"
 #include "kernels/cuda/device_memory.h"
 #include "kernels/cuda/event_timer.h"
 #include "kernels/cuda/gemm.h"
@@ -27,10 +28,7 @@ namespace {
 constexpr int kD = 1472, kDi = 2944, kN = 16, kR = 92, kW = 4, kE = 8, kXdbl = kR + 2 * kN;
 constexpr int kWarm = 3;
 
-float Median(std::vector<float> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using kernel_bench::Median;
 
 int Fail(const absl::Status& s) {
   std::fprintf(stderr, "error: %s\n", s.ToString().c_str());

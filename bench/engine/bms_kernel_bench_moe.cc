@@ -22,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "bench/engine/kernel_bench_util.h"
 #include "kernels/cuda/device_memory.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/ops.h"
@@ -31,49 +32,12 @@ namespace {
 
 using cuda::DeviceBuffer;
 using cuda::DType;
+using kernel_bench::FromBf16;
+using kernel_bench::Median;
+using kernel_bench::RandomBf16;
+using kernel_bench::ToBf16;
 
 constexpr int kD = 1472, kF = 3872, kE = 8;
-
-uint16_t ToBf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return static_cast<uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
-}
-float FromBf16(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-#define BENCH_CHECK(expr)                                                                   \
-  do {                                                                                      \
-    const absl::Status bench_s_ = (expr);                                                   \
-    if (!bench_s_.ok()) {                                                                   \
-      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, bench_s_.ToString().c_str()); \
-      return 1;                                                                             \
-    }                                                                                       \
-  } while (0)
-
-absl::StatusOr<DeviceBuffer> RandomBf16(size_t n, float scale, std::mt19937_64& rng) {
-  auto buf = DeviceBuffer::Alloc(n * 2, "bench");
-  if (!buf.ok()) return buf.status();
-  constexpr size_t kChunk = 1 << 22;
-  std::vector<uint16_t> h(std::min(n, kChunk));
-  std::uniform_real_distribution<float> u(-scale, scale);
-  for (auto& v : h) v = ToBf16(u(rng));
-  for (size_t off = 0; off < n; off += kChunk) {
-    const size_t len = std::min(kChunk, n - off);
-    if (absl::Status s = cuda::CopyToDevice(buf->as<uint16_t>() + off, h.data(), len * 2); !s.ok())
-      return s;
-  }
-  return buf;
-}
-
-float Median(std::vector<float> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 int Main(int argc, char** argv) {
   std::vector<int> rows_list = {1, 8, 64, 256, 1024, 2048};

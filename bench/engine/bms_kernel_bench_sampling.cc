@@ -15,6 +15,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "bench/engine/kernel_bench_util.h"
 #include "engine/cuda_sampling.h"
 #include "kernels/cuda/device_memory.h"
 #include "kernels/cuda/event_timer.h"
@@ -24,15 +25,6 @@ namespace bms {
 namespace {
 
 constexpr int kVocab = 50304;
-
-#define BENCH_CHECK(expr)                                                                   \
-  do {                                                                                      \
-    const absl::Status bench_s_ = (expr);                                                   \
-    if (!bench_s_.ok()) {                                                                   \
-      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, bench_s_.ToString().c_str()); \
-      return 1;                                                                             \
-    }                                                                                       \
-  } while (0)
 
 struct Mix {
   const char* name;

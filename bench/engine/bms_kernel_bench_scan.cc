@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "bench/engine/kernel_bench_util.h"
 #include "kernels/cuda/device_memory.h"
 #include "kernels/cuda/event_timer.h"
 #include "kernels/cuda/ops.h"
@@ -34,10 +35,7 @@ struct Row {
   double us_prev = 0;  // the previous new kernel (prefill scan: chunked), 0 = none
 };
 
-float Median(std::vector<float> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using kernel_bench::Median;
 
 int Fail(const absl::Status& s) {
   std::fprintf(stderr, "error: %s\n", s.ToString().c_str());

@@ -1,0 +1,65 @@
+// Helpers shared by the kernel micro-benchmarks (bms_kernel_bench_linear, _moe, _sampling, _scan
+// and bench/decode_kernels/bms_kernel_bench_decode):
+// bf16 conversion (round to nearest even), random bf16 device tensors, the median of timed
+// samples, and BENCH_CHECK, which prints a failed status with its place and makes Main return 1.
+// Header-only; CUDA-free interface (kernels/cuda/device_memory.h).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/cuda/device_memory.h"
+
+#define BENCH_CHECK(expr)                                                                   \
+  do {                                                                                      \
+    const absl::Status bench_s_ = (expr);                                                   \
+    if (!bench_s_.ok()) {                                                                   \
+      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, bench_s_.ToString().c_str()); \
+      return 1;                                                                             \
+    }                                                                                       \
+  } while (0)
+
+namespace bms::kernel_bench {
+
+inline uint16_t ToBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+inline float FromBf16(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// n bf16 values uniform in [-scale, scale], uploaded in 4 Mi-element chunks (the host buffer is
+// reused, so huge tensors repeat a chunk's values: fine for timing).
+inline absl::StatusOr<cuda::DeviceBuffer> RandomBf16(size_t n, float scale, std::mt19937_64& rng) {
+  auto buf = cuda::DeviceBuffer::Alloc(n * 2, "bench");
+  if (!buf.ok()) return buf.status();
+  constexpr size_t kChunk = 1 << 22;
+  std::vector<uint16_t> h(std::min(n, kChunk));
+  std::uniform_real_distribution<float> u(-scale, scale);
+  for (auto& v : h) v = ToBf16(u(rng));
+  for (size_t off = 0; off < n; off += kChunk) {
+    const size_t len = std::min(kChunk, n - off);
+    if (absl::Status s = cuda::CopyToDevice(buf->as<uint16_t>() + off, h.data(), len * 2); !s.ok())
+      return s;
+  }
+  return buf;
+}
+
+inline float Median(std::vector<float> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace bms::kernel_bench
