@@ -7,37 +7,45 @@ namespace bms {
 StateCache::StateCache(int capacity, int min_tokens)
     : capacity_(std::max(capacity, 0)), min_tokens_(std::max(min_tokens, 1)) {}
 
-uint64_t StateCache::HeadHash(std::span<const int32_t> tokens, int n) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a over the token ids' bytes
-  for (int i = 0; i < n; ++i) {
-    uint32_t t = static_cast<uint32_t>(tokens[i]);
-    for (int b = 0; b < 4; ++b) {
-      h ^= (t >> (8 * b)) & 0xffu;
-      h *= 1099511628211ull;
-    }
-  }
+uint64_t StateCache::KeyHash(std::span<const int32_t> tokens) {
+  uint64_t h = kHashSeed;
+  for (int32_t t : tokens) h = Extend(h, t);
   return h;
 }
 
-const StateCache::Entry* StateCache::Lookup(std::span<const int32_t> prompt) {
-  if (!enabled() || static_cast<int>(prompt.size()) <= min_tokens_) return nullptr;
-  auto [begin, end] = by_head_.equal_range(HeadHash(prompt, min_tokens_));
-  Lru::iterator best = lru_.end();
+StateCache::Lru::iterator StateCache::Find(std::span<const int32_t> tokens, uint64_t hash) {
+  auto [begin, end] = by_hash_.equal_range(hash);
   for (auto it = begin; it != end; ++it) {
     const std::vector<int32_t>& key = it->second->tokens;
-    if (key.size() >= prompt.size()) continue;
-    if (best != lru_.end() && key.size() <= best->tokens.size()) continue;
-    if (std::equal(key.begin(), key.end(), prompt.begin())) best = it->second;
+    if (key.size() == tokens.size() && std::equal(key.begin(), key.end(), tokens.begin()))
+      return it->second;
   }
-  if (best == lru_.end()) return nullptr;
-  lru_.splice(lru_.begin(), lru_, best);  // iterators stay valid
-  best->pinned_step = step_;
-  return &*best;
+  return lru_.end();
+}
+
+const StateCache::Entry* StateCache::Lookup(std::span<const int32_t> prompt) {
+  if (!enabled() || lengths_.empty()) return nullptr;
+  // Prefix hashes up to the longest key shorter than the prompt.
+  auto longest = lengths_.upper_bound(static_cast<int>(prompt.size()));  // first length < size
+  if (longest == lengths_.end() || longest->first < min_tokens_) return nullptr;
+  prefix_hashes_.resize(longest->first + 1);
+  prefix_hashes_[0] = kHashSeed;
+  for (int i = 0; i < longest->first; ++i)
+    prefix_hashes_[i + 1] = Extend(prefix_hashes_[i], prompt[i]);
+  for (auto it = longest; it != lengths_.end(); ++it) {
+    const int len = it->first;
+    Lru::iterator hit = Find(prompt.first(len), prefix_hashes_[len]);
+    if (hit == lru_.end()) continue;
+    lru_.splice(lru_.begin(), lru_, hit);  // iterators stay valid
+    hit->pinned_step = step_;
+    return &*hit;
+  }
+  return nullptr;
 }
 
 bool StateCache::Contains(std::span<const int32_t> tokens) const {
-  if (!enabled() || static_cast<int>(tokens.size()) < min_tokens_) return false;
-  auto [begin, end] = by_head_.equal_range(HeadHash(tokens, min_tokens_));
+  if (!enabled()) return false;
+  auto [begin, end] = by_hash_.equal_range(KeyHash(tokens));
   for (auto it = begin; it != end; ++it) {
     const std::vector<int32_t>& key = it->second->tokens;
     if (key.size() == tokens.size() && std::equal(key.begin(), key.end(), tokens.begin()))
@@ -46,14 +54,17 @@ bool StateCache::Contains(std::span<const int32_t> tokens) const {
   return false;
 }
 
-void StateCache::Unindex(Lru::iterator entry) {
-  auto [begin, end] = by_head_.equal_range(HeadHash(entry->tokens, min_tokens_));
+void StateCache::Remove(Lru::iterator entry) {
+  auto [begin, end] = by_hash_.equal_range(entry->hash);
   for (auto it = begin; it != end; ++it) {
     if (it->second == entry) {
-      by_head_.erase(it);
-      return;
+      by_hash_.erase(it);
+      break;
     }
   }
+  auto len = lengths_.find(static_cast<int>(entry->tokens.size()));
+  if (len != lengths_.end() && --len->second == 0) lengths_.erase(len);
+  lru_.erase(entry);
 }
 
 std::vector<int> StateCache::Insert(std::vector<int32_t> tokens, int slot) {
@@ -62,35 +73,27 @@ std::vector<int> StateCache::Insert(std::vector<int32_t> tokens, int slot) {
     released.push_back(slot);
     return released;
   }
-  const uint64_t head = HeadHash(tokens, min_tokens_);
-  auto [begin, end] = by_head_.equal_range(head);
-  for (auto it = begin; it != end; ++it) {
-    if (it->second->tokens == tokens) {  // same key: the newer state replaces it
-      Lru::iterator old = it->second;
-      released.push_back(old->slot);
-      by_head_.erase(it);
-      lru_.erase(old);
-      break;
-    }
+  const uint64_t hash = KeyHash(tokens);
+  if (Lru::iterator same = Find(tokens, hash); same != lru_.end()) {
+    released.push_back(same->slot);  // the newer state replaces it
+    Remove(same);
   }
   if (static_cast<int>(lru_.size()) >= capacity_) {
-    Lru::iterator last = std::prev(lru_.end());
-    released.push_back(last->slot);
-    Unindex(last);
-    lru_.erase(last);
+    released.push_back(lru_.back().slot);
+    Remove(std::prev(lru_.end()));
   }
-  lru_.push_front(Entry{.tokens = std::move(tokens), .slot = slot, .pinned_step = 0});
-  by_head_.emplace(head, lru_.begin());
+  const int len = static_cast<int>(tokens.size());
+  lru_.push_front(Entry{.tokens = std::move(tokens), .hash = hash, .slot = slot, .pinned_step = 0});
+  by_hash_.emplace(hash, lru_.begin());
+  ++lengths_[len];
   return released;
 }
 
 int StateCache::EvictOne() {
   for (auto it = lru_.rbegin(); it != lru_.rend(); ++it) {
     if (it->pinned_step == step_) continue;
-    Lru::iterator victim = std::next(it).base();
-    const int slot = victim->slot;
-    Unindex(victim);
-    lru_.erase(victim);
+    const int slot = it->slot;
+    Remove(std::next(it).base());
     return slot;
   }
   return -1;

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <list>
+#include <map>
 #include <span>
 #include <unordered_map>
 #include <vector>
@@ -23,6 +24,7 @@ class StateCache {
  public:
   struct Entry {
     std::vector<int32_t> tokens;  // every token the state has consumed, in order
+    uint64_t hash = 0;            // KeyHash(tokens)
     int slot = -1;
     uint64_t pinned_step = 0;  // pinned while equal to the cache's current step
   };
@@ -40,7 +42,9 @@ class StateCache {
 
   // The entry with the longest key that is a strict prefix of `prompt` (at least one prompt
   // token is left to run, so the step has logits), or null. A hit becomes most recently used and
-  // is pinned for this step.
+  // is pinned for this step. Cost: one pass hashing the prompt up to the longest key, then one
+  // hash probe per distinct key length (not per entry: many conversations sharing a long system
+  // prompt stay cheap).
   const Entry* Lookup(std::span<const int32_t> prompt);
 
   // Takes ownership of `slot`, holding the state after `tokens` (called after the step's forward,
@@ -57,15 +61,22 @@ class StateCache {
 
  private:
   using Lru = std::list<Entry>;  // most recently used first
-  static uint64_t HeadHash(std::span<const int32_t> tokens, int n);
-  void Unindex(Lru::iterator it);
+  // Chained per-token hash: KeyHash of a prefix extends to the next token in O(1).
+  static constexpr uint64_t kHashSeed = 1469598103934665603ull;
+  static uint64_t Extend(uint64_t h, int32_t token) {
+    return (h ^ static_cast<uint32_t>(token)) * 1099511628211ull;
+  }
+  static uint64_t KeyHash(std::span<const int32_t> tokens);
+  Lru::iterator Find(std::span<const int32_t> tokens, uint64_t hash);
+  void Remove(Lru::iterator it);  // unindexes and erases
 
   int capacity_;
   int min_tokens_;
   uint64_t step_ = 1;
   Lru lru_;
-  // Hash of a key's first min_tokens tokens -> entries: a prompt's candidates share its head.
-  std::unordered_multimap<uint64_t, Lru::iterator> by_head_;
+  std::unordered_multimap<uint64_t, Lru::iterator> by_hash_;  // KeyHash(key) -> entries
+  std::map<int, int, std::greater<int>> lengths_;  // key length -> entries, longest first
+  std::vector<uint64_t> prefix_hashes_;            // Lookup scratch
 };
 
 }  // namespace bms

@@ -77,5 +77,42 @@ TEST(StateCache, EvictOneSkipsEntriesPinnedThisStep) {
   EXPECT_EQ(c.size(), 0);
 }
 
+// Many conversations behind one long shared head (a system prompt): each prompt still finds its
+// own conversation's entry, the longest one, whatever the other entries of the same length hold.
+TEST(StateCache, ManyEntriesBehindASharedHead) {
+  StateCache c(/*capacity=*/400, /*min_tokens=*/8);
+  const std::vector<int32_t> head = Seq(64);
+  auto conversation = [&](int id, int turns) {
+    std::vector<int32_t> key = head;
+    for (int t = 0; t < turns; ++t) key.insert(key.end(), {1000 + id, 2000 + t});
+    return key;
+  };
+  int slot = 0;
+  for (int id = 0; id < 100; ++id)
+    for (int turns = 1; turns <= 3; ++turns)
+      EXPECT_TRUE(c.Insert(conversation(id, turns), slot++).empty());
+  EXPECT_TRUE(c.Insert(head, slot++).empty());
+  for (int id : {0, 37, 99}) {
+    std::vector<int32_t> prompt = conversation(id, 3);
+    prompt.push_back(5);
+    const StateCache::Entry* e = c.Lookup(prompt);
+    ASSERT_NE(e, nullptr);
+    EXPECT_EQ(e->tokens, conversation(id, 3));
+    EXPECT_EQ(e->slot, id * 3 + 2);
+  }
+  // A new conversation only shares the head.
+  std::vector<int32_t> fresh = conversation(500, 1);
+  const StateCache::Entry* e = c.Lookup(fresh);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->tokens, head);
+  // Diverging inside conversation 5's second turn: its first turn is the longest usable key.
+  std::vector<int32_t> diverged = conversation(5, 2);
+  diverged.back() = 7;
+  diverged.push_back(8);
+  e = c.Lookup(diverged);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->tokens, conversation(5, 1));
+}
+
 }  // namespace
 }  // namespace bms
