@@ -228,6 +228,11 @@ absl::Status EngineImpl::ValidateRequest(const GenerateRequest& r) const {
   if (r.n < 1 || r.n > max_n) {
     return absl::InvalidArgumentError(absl::StrCat("n must be in [1, ", max_n, "]"));
   }
+  if (r.sampling.max_tokens == 0 && r.prompt_logprobs < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_tokens must be in [1, ", options_.max_tokens_limit,
+                     "] (0 only with prompt_logprobs: score the prompt without generating)"));
+  }
   if (r.sampling.max_tokens == 0 && r.prompt_logprobs >= 0) {
     // Score the prompt only: nothing is sampled, each choice ends (length) after the prefill.
     if (r.sampling.min_tokens != 0)

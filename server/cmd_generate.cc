@@ -59,7 +59,7 @@ int Fail(const absl::Status& s, int code = 1) {
 int GenerateCommand(const Args& args) {
   EngineFlagValues ev;
   std::string prompt_ids_flag, prompt;
-  int max_tokens = 16, top_k = 0, n = 1, min_tokens = 0, logprobs = -1;
+  int max_tokens = 16, top_k = 0, n = 1, min_tokens = 0, logprobs = -1, prompt_logprobs = -1;
   double temperature = 1.0, top_p = 1.0, min_p = 0.0;
   double presence = 0, frequency = 0, repetition = 1.0;
   int64_t seed = -1;
@@ -78,6 +78,10 @@ int GenerateCommand(const Args& args) {
   f.Double("repetition-penalty", &repetition, "> 0, 1 = off");
   f.Int("min-tokens", &min_tokens, "EOS is suppressed before this many tokens");
   f.Int("logprobs", &logprobs, "-1 = none; 0..20 top alternatives per token (JSON only)");
+  f.Int("prompt-logprobs", &prompt_logprobs,
+        "-1 = none; 0..20: score every prompt token after the first (its logprob, rank and top "
+        "alternatives; JSON) and print the prompt's total logprob; with --max-tokens 0 nothing "
+        "is generated");
   f.Int64("seed", &seed, "sampling seed (-1 = random)");
   f.Int("n", &n, "independent choices sharing one prompt prefill");
   f.Bool("ignore-eos", &ignore_eos, "keep generating after EOS");
@@ -121,6 +125,7 @@ int GenerateCommand(const Args& args) {
   sp.repetition_penalty = static_cast<float>(repetition);
   sp.min_tokens = min_tokens;
   sp.logprobs = logprobs;
+  req.prompt_logprobs = prompt_logprobs;
   sp.ignore_eos = ignore_eos;
   if (seed >= 0) sp.seed = static_cast<uint64_t>(seed);
 
@@ -128,11 +133,13 @@ int GenerateCommand(const Args& args) {
   if (!ch.ok()) return Fail(ch.status(), 2);
   std::vector<ChoiceOut> choices(n);
   std::vector<nlohmann::json> choice_logprobs(n, nlohmann::json::array());
+  std::vector<TokenLogprob> prompt_scores;  // from the first event that carries them
   int unfinished = n;
   while (unfinished > 0) {
     std::optional<GenerationEvent> e = (*ch)->Pop(std::chrono::milliseconds(1000));
     if (!e.has_value()) continue;
     ChoiceOut& c = choices[e->choice];
+    if (prompt_scores.empty() && !e->prompt_logprobs.empty()) prompt_scores = e->prompt_logprobs;
     c.ids.insert(c.ids.end(), e->token_ids.begin(), e->token_ids.end());
     for (const TokenLogprob& lp : e->logprobs) {
       nlohmann::json top = nlohmann::json::array();
@@ -156,9 +163,23 @@ int GenerateCommand(const Args& args) {
       rc = 1;
     }
   }
+  double prompt_logprob_sum = 0;
+  for (const TokenLogprob& lp : prompt_scores) prompt_logprob_sum += lp.logprob;
   if (json) {
     nlohmann::json out;
     out["prompt_ids"] = req.prompt_ids;
+    if (prompt_logprobs >= 0) {
+      // Entry i scores prompt token i (the first has no context: null).
+      nlohmann::json scores = nlohmann::json::array({nullptr});
+      for (const TokenLogprob& lp : prompt_scores) {
+        nlohmann::json top = nlohmann::json::array();
+        for (const auto& [id, v] : lp.top) top.push_back({{"id", id}, {"logprob", v}});
+        scores.push_back(
+            {{"id", lp.token}, {"logprob", lp.logprob}, {"rank", lp.rank}, {"top", top}});
+      }
+      out["prompt_logprobs"] = std::move(scores);
+      out["prompt_logprob_sum"] = prompt_logprob_sum;
+    }
     auto choice_json = [&](int i) {
       nlohmann::json j;
       j["generated_ids"] = choices[i].ids;
@@ -181,6 +202,7 @@ int GenerateCommand(const Args& args) {
     std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     std::printf("prompt_ids: %s\n", absl::StrJoin(req.prompt_ids, ",").c_str());
+    if (prompt_logprobs >= 0) std::printf("prompt_logprob_sum: %.6f\n", prompt_logprob_sum);
     for (int i = 0; i < n; ++i) {
       const ChoiceOut& c = choices[i];
       if (n > 1) std::printf("choice %d:\n", i);
