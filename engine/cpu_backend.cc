@@ -5,15 +5,10 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 
 namespace bms {
 namespace {
-
-#define BMS_RETURN_IF_ERROR(expr)              \
-  do {                                         \
-    ::absl::Status _bms_status = (expr);       \
-    if (!_bms_status.ok()) return _bms_status; \
-  } while (0)
 
 // The tensor as fp32, after checking it holds `numel` elements (name for the error).
 absl::Status ToF32(const HostTensor& t, int64_t numel, const std::string& name,

@@ -10,15 +10,10 @@
 #include "absl/strings/str_format.h"
 #include "engine/cuda_backend_impl.h"
 #include "engine/host_tensor.h"
+#include "engine/status_macros.h"
 
 namespace bms {
 namespace {
-
-#define BMS_RETURN_IF_ERROR(expr)              \
-  do {                                         \
-    ::absl::Status _bms_status = (expr);       \
-    if (!_bms_status.ok()) return _bms_status; \
-  } while (0)
 
 constexpr size_t kAlign = 256;
 size_t AlignUp(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }

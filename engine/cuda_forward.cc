@@ -8,15 +8,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/cuda_backend_impl.h"
+#include "engine/status_macros.h"
 
 namespace bms {
 namespace {
-
-#define BMS_RETURN_IF_ERROR(expr)              \
-  do {                                         \
-    ::absl::Status _bms_status = (expr);       \
-    if (!_bms_status.ok()) return _bms_status; \
-  } while (0)
 
 size_t AlignUp(size_t v) { return (v + 255) / 256 * 256; }
 

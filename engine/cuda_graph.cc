@@ -40,18 +40,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/cuda_backend_impl.h"
+#include "engine/status_macros.h"
 #include "kernels/cuda/cuda_check.h"
 
 namespace bms {
-namespace {
-
-#define BMS_RETURN_IF_ERROR(expr)              \
-  do {                                         \
-    ::absl::Status _bms_status = (expr);       \
-    if (!_bms_status.ok()) return _bms_status; \
-  } while (0)
-
-}  // namespace
 
 struct CudaBackendImpl::DecodeGraphs {
   int max_batch = 0;
