@@ -92,7 +92,7 @@ SampleContext Scheduler::ContextFor(const RequestState& r, int choice) const {
   return ctx;
 }
 
-int Scheduler::AddPromptChunk(RequestState* r, int budget, StepPlan* plan) {
+int Scheduler::AddPromptChunk(RequestState* r, int budget, StepPlan* plan, int restore_from) {
   const bool scored = r->request.prompt_logprobs >= 0;
   int n_tokens = std::min(r->prompt_len() - r->prefilled, budget);
   if (scored && options_.max_logits_rows > 0) {
@@ -108,8 +108,7 @@ int Scheduler::AddPromptChunk(RequestState* r, int budget, StepPlan* plan) {
   seq.chunk.token_offset = static_cast<int>(plan->tokens.size());
   seq.chunk.n_tokens = n_tokens;
   seq.chunk.first_chunk = r->prefilled == 0;
-  seq.restore_from = r->restore_from;  // a cache hit's first chunk (prefilled > 0 then)
-  r->restore_from = -1;
+  seq.restore_from = restore_from;  // a cache hit's first chunk (prefilled > 0 then)
   seq.chunk.logits = scored ? LogitsMode::kAll : last ? LogitsMode::kLast : LogitsMode::kNone;
   plan->num_logits_rows += scored ? n_tokens : last ? 1 : 0;
   if (last && r->request.sampling.max_tokens > 0) {
@@ -196,17 +195,14 @@ void Scheduler::Schedule(Clock::time_point now, StepPlan* out) {
       ReleaseSlots({evicted});
     }
     if (slots_.num_free() < n) break;
-    if (hit != nullptr) {
-      r->prefilled = r->cached_prefix = static_cast<int>(hit->tokens.size());
-      r->restore_from = hit->slot;
-    }
+    if (hit != nullptr) r->prefilled = r->cached_prefix = static_cast<int>(hit->tokens.size());
     std::vector<int> slots = slots_.Acquire(n);
     for (int c = 0; c < n; ++c) r->choices[c].slot = slots[c];
     r->admitted = true;
     r->first_scheduled_time = now;
     auto node = waiting_.extract(it++);
     running_.insert(std::move(node));
-    budget -= AddPromptChunk(r, budget, &plan);
+    budget -= AddPromptChunk(r, budget, &plan, hit != nullptr ? hit->slot : -1);
   }
   PlanSnapshots(&plan);
 }

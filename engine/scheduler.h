@@ -63,7 +63,6 @@ struct RequestState {
   uint64_t seed = 0;      // request.sampling.seed or a random one
   int prefilled = 0;      // prompt tokens already in the slot's state
   int cached_prefix = 0;  // of those, tokens resumed from a state-cache entry (not computed)
-  int restore_from = -1;  // admitted on a cache hit: the entry's slot, until the first chunk
   bool admitted = false;
   bool cancel_requested = false;
   int unfinished = 0;                // choices not finished yet
@@ -190,7 +189,8 @@ class Scheduler {
   // does not hold yet (evicting an older entry when no slot is free).
   void PlanSnapshots(StepPlan* plan);
   // Adds r's next prompt chunk (at most `budget` tokens); returns its tokens (0: none fits).
-  int AddPromptChunk(RequestState* r, int budget, StepPlan* plan);
+  // restore_from: a cache hit's slot, copied into r's slot before this (first) chunk runs.
+  int AddPromptChunk(RequestState* r, int budget, StepPlan* plan, int restore_from = -1);
   void AppendToken(RequestState* r, int choice, const SampledToken& s, Clock::time_point now,
                    UpdateOutput* out);
   // Finishes every unfinished choice of r with `reason` (an event each).
