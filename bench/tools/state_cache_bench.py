@@ -20,7 +20,6 @@ import random
 import statistics
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'tests'))
 from demo_server import DemoServer  # noqa: E402
@@ -28,14 +27,6 @@ from demo_server import DemoServer  # noqa: E402
 WORDS = ('state space model layer token slot memory scan expert route gate conv window decode '
          'prefill batch stream cache prompt reply turn chat system user assistant river clock '
          'town bells noon garden stone wall').split()
-
-
-def metric(port, name):
-    with urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics', timeout=30) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(f'bmserve:{name} '):
-                return float(line.split()[-1])
-    raise RuntimeError(f'no bmserve:{name}')
 
 
 def stream_chat(port, messages, max_tokens):
@@ -80,9 +71,9 @@ def run(server, args):
         messages = [{'role': 'system', 'content': system}]
         for t in range(args.turns):
             messages.append({'role': 'user', 'content': words(rng, args.words)})
-            before = metric(server.port, 'prompt_tokens_total')
+            before = server.metric('prompt_tokens_total')
             ttft, reply, prompt_tokens = stream_chat(server.port, messages, args.max_tokens)
-            prefilled = metric(server.port, 'prompt_tokens_total') - before
+            prefilled = server.metric('prompt_tokens_total') - before
             per_turn[t].append((prompt_tokens, prefilled, ttft))
             messages.append({'role': 'assistant', 'content': reply})
     return per_turn
@@ -98,9 +89,9 @@ def floors(server, args, per_turn):
             n_words = max(1, int(prefilled * 0.7))
             for _attempt in range(8):  # a prompt of about `prefilled` tokens, none cached
                 msg = [{'role': 'user', 'content': words(rng, n_words)}]
-                before = metric(server.port, 'prompt_tokens_total')
+                before = server.metric('prompt_tokens_total')
                 ttft = stream_chat(server.port, msg, 1)[0]
-                got = metric(server.port, 'prompt_tokens_total') - before
+                got = server.metric('prompt_tokens_total') - before
                 if abs(got - prefilled) <= max(4, 0.1 * prefilled):
                     break
                 n_words = max(1, int(n_words * prefilled / max(got, 1)))

@@ -5,11 +5,9 @@ stop string found early in choice 0's text and nowhere in choice 1's then makes 
 there (text cut before it, finish_reason stop) and choice 1 come out unchanged (length), and
 the server's generation-token counter grows by fewer than 2 x max_tokens: the stopped choice
 stopped decoding. Binary from the environment: BMSERVE_BIN."""
-import json
 import os
 import sys
 import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from demo_server import DemoServer  # noqa: E402
@@ -23,18 +21,10 @@ class Serve(DemoServer):
         super().__init__(BMSERVE)
 
     def post(self, body):
-        req = urllib.request.Request(f'http://127.0.0.1:{self.port}/v1/completions',
-                                     data=json.dumps(body).encode(),
-                                     headers={'Content-Type': 'application/json'})
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return json.loads(r.read())
+        return super().post('/v1/completions', body)
 
     def generated_tokens(self):
-        with urllib.request.urlopen(f'http://127.0.0.1:{self.port}/metrics', timeout=30) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith('bmserve:generation_tokens_total'):
-                    return float(line.split()[-1])
-        raise AssertionError('no bmserve:generation_tokens_total in /metrics')
+        return self.metric('generation_tokens_total')
 
 
 def pick_stop(t0, t1):

@@ -7,32 +7,14 @@ and bmserve:prompt_tokens_total grows by exactly the prompt tokens not resumed),
 reply equals the reply of the server without the cache. A completion whose prompt shares only a
 short head (below --state-cache-min-tokens) gets no hit. Binary from the environment:
 BMSERVE_BIN."""
-import json
 import os
 import sys
 import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from demo_server import DemoServer  # noqa: E402
 
 BMSERVE = os.environ.get('BMSERVE_BIN', '')
-
-
-class Serve(DemoServer):
-    def post(self, path, body):
-        req = urllib.request.Request(f'http://127.0.0.1:{self.port}{path}',
-                                     data=json.dumps(body).encode(),
-                                     headers={'Content-Type': 'application/json'})
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return json.loads(r.read())
-
-    def metric(self, name):
-        with urllib.request.urlopen(f'http://127.0.0.1:{self.port}/metrics', timeout=30) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith(f'bmserve:{name} '):
-                    return float(line.split()[-1])
-        raise AssertionError(f'no bmserve:{name} in /metrics')
 
 
 def converse(server, turns):
@@ -55,12 +37,12 @@ class StateCacheE2e(unittest.TestCase):
         turns = ['What does a Mamba layer keep between tokens?',
                  'And how large is it for a long conversation?',
                  'Thanks. One more time, in five words.']
-        plain = Serve(BMSERVE)
+        plain = DemoServer(BMSERVE)
         try:
             want, _ = converse(plain, turns)
         finally:
             plain.stop()
-        cached = Serve(BMSERVE, '--state-cache-entries', '16', '--state-cache-min-tokens', '8')
+        cached = DemoServer(BMSERVE, '--state-cache-entries', '16', '--state-cache-min-tokens', '8')
         try:
             got, prompt_tokens = converse(cached, turns)
             hits = cached.metric('state_cache_hits_total')
