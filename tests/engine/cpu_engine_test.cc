@@ -42,6 +42,17 @@ std::unique_ptr<Engine> TinyEngine(const ModelWeights& w, int slots, int budget)
   return std::move(*e);
 }
 
+// The whole prompt as one first chunk in slot 0, straight on the backend (no engine).
+absl::Status PrefillWhole(Backend& b, const std::vector<int32_t>& prompt, LogitsMode mode,
+                          std::vector<float>* logits) {
+  SeqChunk c{.slot = 0,
+             .token_offset = 0,
+             .n_tokens = static_cast<int>(prompt.size()),
+             .first_chunk = true,
+             .logits = mode};
+  return b.Forward({prompt, std::span<const SeqChunk>(&c, 1)}, logits);
+}
+
 TEST(CpuEngine, GreedyEqualsPlainDecodeLoop) {
   ModelWeights w = TinyWeights();
   const std::vector<int32_t> prompt = {1, 2, 3, 40, 41, 300, 7};
@@ -51,12 +62,7 @@ TEST(CpuEngine, GreedyEqualsPlainDecodeLoop) {
   {
     auto b = TinyBackend(w, 1);
     std::vector<float> logits;
-    SeqChunk c{.slot = 0,
-               .token_offset = 0,
-               .n_tokens = static_cast<int>(prompt.size()),
-               .first_chunk = true,
-               .logits = LogitsMode::kLast};
-    ASSERT_TRUE(b->Forward({prompt, std::span<const SeqChunk>(&c, 1)}, &logits).ok());
+    ASSERT_TRUE(PrefillWhole(*b, prompt, LogitsMode::kLast, &logits).ok());
     for (int i = 0; i < kTokens; ++i) {
       int32_t t =
           static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
@@ -152,12 +158,7 @@ TEST(CpuEngine, PromptLogprobsScoreEveryPromptToken) {
   {
     auto b = TinyBackend(w, 1);
     std::vector<float> logits;
-    SeqChunk c{.slot = 0,
-               .token_offset = 0,
-               .n_tokens = static_cast<int>(prompt.size()),
-               .first_chunk = true,
-               .logits = LogitsMode::kAll};
-    ASSERT_TRUE(b->Forward({prompt, std::span<const SeqChunk>(&c, 1)}, &logits).ok());
+    ASSERT_TRUE(PrefillWhole(*b, prompt, LogitsMode::kAll, &logits).ok());
     const size_t vocab = logits.size() / prompt.size();
     for (size_t i = 0; i + 1 < prompt.size(); ++i) {
       const float* row = logits.data() + i * vocab;
