@@ -19,16 +19,6 @@ namespace {
 using ::bms::testing::ChoiceResult;
 using ::bms::testing::Collect;
 
-ModelConfig SmallMoe() {
-  ModelConfig c = *ModelConfig::Preset("tiny");
-  c.num_layers = 4;
-  c.d_model = 128;
-  c.ffn_hidden_size = 256;
-  c.vocab_size = 1024;
-  c.layers = {LayerKind::kMamba, LayerKind::kMoe, LayerKind::kMamba, LayerKind::kMoe};
-  return c;
-}
-
 std::unique_ptr<Engine> StartEngine(absl::StatusOr<std::unique_ptr<Backend>> backend,
                                     int cache_entries) {
   EXPECT_TRUE(backend.ok()) << backend.status();
@@ -60,7 +50,7 @@ std::vector<int32_t> RandomPrompt(std::mt19937_64& rng, int n, int vocab) {
 
 TEST(GpuEngine, PromptLogprobsMatchTheCpuBackend) {
   BMS_SKIP_WITHOUT_GPU();
-  const ModelConfig c = SmallMoe();
+  const ModelConfig c = SmallMoe(LayerKind::kMoe);
   const uint64_t seed = TestSeed();
   const ModelWeights w = MakeRandomWeights(c, seed);
   BackendOptions co;
@@ -97,7 +87,7 @@ TEST(GpuEngine, PromptLogprobsMatchTheCpuBackend) {
 
 TEST(GpuEngine, StateCacheTurnsEqualNoCache) {
   BMS_SKIP_WITHOUT_GPU();
-  const ModelConfig c = SmallMoe();
+  const ModelConfig c = SmallMoe(LayerKind::kMoe);
   const uint64_t seed = TestSeed();
   const ModelWeights w = MakeRandomWeights(c, seed);
   auto plain = StartEngine(Cuda(w), 0);

@@ -17,16 +17,6 @@
 namespace bms::gpu_test {
 namespace {
 
-ModelConfig SmallMoe() {
-  ModelConfig c = *ModelConfig::Preset("tiny");
-  c.num_layers = 4;
-  c.d_model = 128;
-  c.ffn_hidden_size = 256;
-  c.vocab_size = 1024;
-  c.layers = {LayerKind::kMamba, LayerKind::kMoe, LayerKind::kMamba, LayerKind::kDenseMlp};
-  return c;
-}
-
 // The 2.8b preset's layer shapes, four layers, a smaller vocabulary.
 ModelConfig WideMoe() {
   ModelConfig c = *ModelConfig::Preset("tiny");

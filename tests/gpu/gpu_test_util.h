@@ -143,6 +143,18 @@ class DevInts {
   cuda::DeviceBuffer buf_;
 };
 
+// A small four-layer model with every layer kind the graph, PDL and engine tests need: Mamba,
+// MoE, Mamba, then `last` (a dense MLP by default).
+inline ModelConfig SmallMoe(LayerKind last = LayerKind::kDenseMlp) {
+  ModelConfig c = *ModelConfig::Preset("tiny");
+  c.num_layers = 4;
+  c.d_model = 128;
+  c.ffn_hidden_size = 256;
+  c.vocab_size = 1024;
+  c.layers = {LayerKind::kMamba, LayerKind::kMoe, LayerKind::kMamba, last};
+  return c;
+}
+
 // The weights the CUDA backend stores in bf16 (GEMM operands) rounded to bf16; norms, biases,
 // A, D, conv weights and the router stay fp32 as on the GPU. An fp32 CPU backend on these
 // weights is the reference that isolates the GPU's activation precision from weight rounding.
