@@ -30,21 +30,9 @@ constexpr int kWarm = 3;
 
 using kernel_bench::Median;
 
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "error: %s\n", s.ToString().c_str());
-  return 1;
-}
-
+using kernel_bench::Fail;
 // Small finite values in both fp32 and bf16 views.
-absl::StatusOr<cuda::DeviceBuffer> Random(size_t bytes, const char* what, uint32_t seed) {
-  auto b = cuda::DeviceBuffer::Alloc(bytes, what);
-  if (!b.ok()) return b.status();
-  std::vector<uint16_t> h(bytes / 2);
-  std::mt19937 rng(seed);
-  for (auto& x : h) x = static_cast<uint16_t>(0x3c00 + rng() % 0x200);
-  if (auto s = cuda::CopyToDevice(b->get(), h.data(), h.size() * 2); !s.ok()) return s;
-  return b;
-}
+constexpr auto Random = kernel_bench::RandomSmallFinite;
 
 int Main(int argc, char** argv) {
   int reps = 30;

@@ -63,14 +63,10 @@ int GroupedSection(double bw, const std::vector<int>& tokens_list, int reps, std
   std::printf("\n%6s %4s %-12s %9s %9s %7s %7s\n", "M", "fc", "variant", "us", "floor_us", "TB/s",
               "floor%");
   for (const int m : tokens_list) {
-    std::vector<int32_t> expert(m), offsets(kE + 1, 0), perm(m);
-    for (auto& e : expert) e = static_cast<int32_t>(rng() % kE);
-    for (int t = 0; t < m; ++t) ++offsets[expert[t] + 1];
-    for (int e = 0; e < kE; ++e) offsets[e + 1] += offsets[e];
-    std::vector<int32_t> fill(offsets.begin(), offsets.end() - 1);
-    for (int t = 0; t < m; ++t) perm[fill[expert[t]]++] = t;
-    int touched = 0;
-    for (int e = 0; e < kE; ++e) touched += offsets[e + 1] > offsets[e];
+    const kernel_bench::RandomRouting routing(m, kE, rng);
+    const std::vector<int32_t>&expert = routing.expert, &offsets = routing.offsets,
+          &perm = routing.perm;
+    const int touched = routing.touched;
     auto d_off = DeviceBuffer::Alloc((kE + 1) * 4, "offsets");
     auto d_perm = DeviceBuffer::Alloc(size_t(m) * 4, "perm");
     auto x = RandomBf16(size_t(m) * kD, 1.f, rng);

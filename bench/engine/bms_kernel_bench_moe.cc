@@ -153,16 +153,10 @@ int Main(int argc, char** argv) {
   std::printf("\n%6s %4s %-11s %9s %9s %9s %7s %7s %7s %8s\n", "M", "fc", "variant", "us",
               "bytes_us", "flop_us", "TB/s", "TFLOP/s", "floor%", "err");
   for (const int m : rows_list) {
-    std::vector<int32_t> expert(m), offsets(kE + 1, 0), perm(m);
-    for (auto& e : expert) e = static_cast<int32_t>(rng() % kE);
-    for (int t = 0; t < m; ++t) ++offsets[expert[t] + 1];
-    for (int e = 0; e < kE; ++e) offsets[e + 1] += offsets[e];
-    {
-      std::vector<int32_t> fill(offsets.begin(), offsets.end() - 1);
-      for (int t = 0; t < m; ++t) perm[fill[expert[t]]++] = t;
-    }
-    int touched = 0;
-    for (int e = 0; e < kE; ++e) touched += offsets[e + 1] > offsets[e];
+    const kernel_bench::RandomRouting routing(m, kE, rng);
+    const std::vector<int32_t>&expert = routing.expert, &offsets = routing.offsets,
+          &perm = routing.perm;
+    const int touched = routing.touched;
     auto d_offsets = DeviceBuffer::Alloc((kE + 1) * 4, "offsets");
     auto d_perm = DeviceBuffer::Alloc(size_t(m) * 4, "perm");
     auto d_scale = DeviceBuffer::Alloc(size_t(m) * 4, "scale");

@@ -62,4 +62,41 @@ inline float Median(std::vector<float> v) {
   return v[v.size() / 2];
 }
 
+// Prints a failed status; Main returns its value (1).
+inline int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "error: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+// `bytes` of 16-bit words 0x3c00 + [0, 0x200): small finite values in both fp32 and bf16 views.
+inline absl::StatusOr<cuda::DeviceBuffer> RandomSmallFinite(size_t bytes, const char* what,
+                                                            uint32_t seed) {
+  auto b = cuda::DeviceBuffer::Alloc(bytes, what);
+  if (!b.ok()) return b.status();
+  std::vector<uint16_t> h(bytes / 2);
+  std::mt19937 rng(seed);
+  for (auto& x : h) x = static_cast<uint16_t>(0x3c00 + rng() % 0x200);
+  if (auto s = cuda::CopyToDevice(b->get(), h.data(), h.size() * 2); !s.ok()) return s;
+  return b;
+}
+
+// A random top-1 routing of m tokens over n_experts, grouped as the MoE kernels read it:
+// offsets[e] .. offsets[e + 1] are expert e's rows of perm (token ids, stable order).
+struct RandomRouting {
+  std::vector<int32_t> expert;   // [m]
+  std::vector<int32_t> offsets;  // [n_experts + 1]
+  std::vector<int32_t> perm;     // [m]
+  int touched = 0;               // experts with at least one token
+
+  RandomRouting(int m, int n_experts, std::mt19937_64& rng)
+      : expert(m), offsets(n_experts + 1, 0), perm(m) {
+    for (auto& e : expert) e = static_cast<int32_t>(rng() % n_experts);
+    for (int t = 0; t < m; ++t) ++offsets[expert[t] + 1];
+    for (int e = 0; e < n_experts; ++e) offsets[e + 1] += offsets[e];
+    std::vector<int32_t> fill(offsets.begin(), offsets.end() - 1);
+    for (int t = 0; t < m; ++t) perm[fill[expert[t]]++] = t;
+    for (int e = 0; e < n_experts; ++e) touched += offsets[e + 1] > offsets[e];
+  }
+};
+
 }  // namespace bms::kernel_bench
