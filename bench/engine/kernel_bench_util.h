@@ -1,8 +1,8 @@
 // Helpers shared by the kernel micro-benchmarks (bms_kernel_bench_linear, _moe, _sampling, _scan
-// and bench/decode_kernels/bms_kernel_bench_decode):
-// bf16 conversion (round to nearest even), random bf16 device tensors, the median of timed
-// samples, and BENCH_CHECK, which prints a failed status with its place and makes Main return 1.
-// Header-only; CUDA-free interface (kernels/cuda/device_memory.h).
+// and bench/decode_kernels/bms_kernel_bench_decode): bf16 conversion (round to nearest even),
+// random device tensors (bf16 uniform, or small finite 16-bit patterns), a random top-1 expert
+// routing, the median of timed samples, Fail, and BENCH_CHECK, which prints a failed status with
+// its place and makes Main return 1. Header-only; CUDA-free interface (kernels/cuda/device_memory.h).
 #pragma once
 
 #include <algorithm>
